@@ -1,0 +1,53 @@
+# Tailor — every command sets up what it needs first (virtual env, packages, generated code).
+# Needs only Python 3.11 and make: uv is installed into tools/ when it is not on the PATH.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(shell command -v uv 2>/dev/null || echo tools/uv/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+
+.PHONY: setup proto run test lint format bench bench-consent clean
+
+tools/uv/bin/uv:
+	$(PYTHON) -m venv tools/uv
+	tools/uv/bin/pip install --quiet --disable-pip-version-check uv
+
+$(BIN)/python: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) | $(UV)
+	$(UV) sync --all-packages --frozen
+	@touch $(BIN)/python
+
+libs/proto/src/tailor/__init__.py: $(BIN)/python $(shell find protos -name '*.proto') libs/proto/generate.py
+	$(BIN)/python libs/proto/generate.py
+
+setup: $(BIN)/python libs/proto/src/tailor/__init__.py  ## virtual env, packages, generated code (idempotent)
+
+proto: $(BIN)/python  ## regenerate Python code from protos/
+	$(BIN)/python libs/proto/generate.py
+
+run: setup  ## the whole platform on this machine, embedded PostgreSQL and NATS (Ctrl-C stops)
+	$(BIN)/tailor up $(ARGS)
+
+test: setup  ## every test: unit, integration (real PostgreSQL and NATS), end to end, chart
+	$(BIN)/pytest $(ARGS)
+
+lint: setup  ## ruff, mypy, buf
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy libs/platform libs/cli services
+	cd protos && ../$(BIN)/buf lint
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup  ## all benchmarks; figures to bench/results.json and bench/RESULTS.md
+	$(BIN)/python -m bench all
+
+bench-%: setup
+	$(BIN)/python -m bench $*
+
+clean:
+	rm -rf $(VENV) libs/proto/src tools .mypy_cache .ruff_cache .pytest_cache

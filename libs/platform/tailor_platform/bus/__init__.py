@@ -1,0 +1,1 @@
+"""The bus: JetStream streams, Envelope publishing, the transactional outbox and durable consumers."""

@@ -1,0 +1,210 @@
+"""Durable JetStream pull consumers with explicit acks, idempotent effects and a dead-letter subject.
+
+A `Subscription` names a subject and a handler. The handler runs inside a database transaction that
+also records the envelope id in `processed_message`; a redelivered envelope finds its id there and
+is acknowledged without running the handler again, so the effect happens once. A handler that fails
+is retried with backoff up to `max_deliver` times; after that, or at once for a message that cannot
+be decoded, the message goes to `tailor.dlq.<service>` and is acknowledged, so one bad message never
+stops the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from tailor.events.v1.envelope_pb2 import Envelope
+
+from tailor_platform import telemetry
+from tailor_platform.bus.envelope import PoisonMessage
+from tailor_platform.bus.streams import stream_for
+from tailor_platform.bus.tables import processed_message
+from tailor_platform.db import Database
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """`name` becomes the durable consumer `<service>-<name>`, shared by every replica."""
+
+    name: str
+    subject: str
+    handler: Handler
+
+
+@dataclass(frozen=True)
+class ConsumerPolicy:
+    batch_size: int = 100
+    max_deliver: int = 5
+    backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
+    ack_wait_s: float = 30.0
+    fetch_timeout_s: float = 1.0
+
+
+def dead_letter_subject(service: str) -> str:
+    return f"tailor.dlq.{service}"
+
+
+class Consumer:
+    """Runs one durable consumer for one subscription."""
+
+    def __init__(
+        self, service: str, subscription: Subscription, db: Database, policy: ConsumerPolicy | None = None
+    ) -> None:
+        self.service = service
+        self.subscription = subscription
+        self.db = db
+        self.policy = policy or ConsumerPolicy()
+        self.durable = f"{service}-{subscription.name}"
+        self.stream = stream_for(subscription.subject)
+        self.handled = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+        self._stopping = False
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            description=f"{self.service} handles {self.subscription.subject}",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.policy.ack_wait_s,
+            # One more than our own limit: we dead-letter at max_deliver, the server never drops.
+            max_deliver=self.policy.max_deliver + 1,
+            filter_subject=self.subscription.subject,
+            max_ack_pending=self.policy.batch_size * 10,
+        )
+
+    async def declare(self, js: JetStreamContext) -> None:
+        """Create the durable consumer, or bring an existing one to our configuration.
+
+        nats-py's pull_subscribe does not update an existing durable, so a changed ack wait or
+        delivery limit would silently not apply; this declares it explicitly instead."""
+        wanted = self.config()
+        try:
+            current = (await js.consumer_info(self.stream, self.durable)).config
+        except NotFoundError:
+            await js.add_consumer(self.stream, wanted)
+            return
+        if (current.filter_subject, current.ack_wait, current.max_deliver, current.max_ack_pending) != (
+            wanted.filter_subject,
+            wanted.ack_wait,
+            wanted.max_deliver,
+            wanted.max_ack_pending,
+        ):
+            log.info("updating consumer %s", self.durable)
+            await js.add_consumer(self.stream, wanted)
+
+    async def run(self, js: JetStreamContext) -> None:
+        await self.declare(js)
+        subscription = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        while not self._stopping:
+            try:
+                messages = await subscription.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout_s)
+            except TimeoutError:
+                continue
+            except Exception:
+                if self._stopping:
+                    return
+                log.exception("fetch from %s failed; retrying", self.durable)
+                await asyncio.sleep(1.0)
+                continue
+            for message in messages:
+                await self.handle(js, message)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def handle(self, js: JetStreamContext, message: Msg) -> None:
+        try:
+            envelope = Envelope.FromString(message.data)
+            if not envelope.id:
+                raise PoisonMessage("envelope has no id")
+        except (DecodeError, PoisonMessage) as error:
+            await self._dead_letter(js, message, f"undecodable: {error}")
+            return
+        parent = telemetry.extract_context(message.headers)
+        with telemetry.tracer().start_as_current_span(
+            f"{message.subject} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": message.subject,
+                "messaging.consumer.group.name": self.durable,
+                "messaging.message.id": envelope.id,
+                "messaging.operation.type": "process",
+            },
+        ) as span:
+            try:
+                applied = await self._apply_once(envelope)
+            except PoisonMessage as error:
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                await self._dead_letter(js, message, f"poison: {error}")
+                return
+            except Exception as error:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                await self._retry_or_dead_letter(js, message, error)
+                return
+        if applied:
+            self.handled += 1
+        else:
+            self.duplicates += 1
+        await message.ack()
+
+    async def _apply_once(self, envelope: Envelope) -> bool:
+        """Run the handler unless this envelope was already applied; both in one transaction."""
+        async with self.db.transaction() as session:
+            first_time = await session.execute(
+                insert(processed_message)
+                .values(consumer=self.durable, envelope_id=envelope.id)
+                .on_conflict_do_nothing()
+                .returning(processed_message.c.envelope_id)
+            )
+            if first_time.first() is None:
+                return False
+            await self.subscription.handler(session, envelope)
+        return True
+
+    async def _retry_or_dead_letter(self, js: JetStreamContext, message: Msg, error: Exception) -> None:
+        delivered = message.metadata.num_delivered
+        if delivered >= self.policy.max_deliver:
+            await self._dead_letter(js, message, f"failed {delivered} times: {type(error).__name__}: {error}")
+            return
+        backoff = self.policy.backoff_s
+        delay = backoff[min(delivered - 1, len(backoff) - 1)] if backoff else 0
+        log.warning(
+            "handler for %s failed (delivery %d), retrying in %.1fs: %s",
+            message.subject,
+            delivered,
+            delay,
+            error,
+        )
+        await message.nak(delay=delay)
+
+    async def _dead_letter(self, js: JetStreamContext, message: Msg, reason: str) -> None:
+        sequence = message.metadata.sequence.stream if message.metadata.sequence else 0
+        headers = {
+            "Nats-Msg-Id": f"{self.durable}:{sequence}",
+            "Tailor-Original-Subject": message.subject,
+            "Tailor-Consumer": self.durable,
+            "Tailor-Reason": reason[:1000],
+        }
+        await js.publish(dead_letter_subject(self.service), message.data, headers=headers)
+        await message.ack()
+        self.dead_lettered += 1
+        log.error("dead-lettered a message from %s: %s", message.subject, reason)

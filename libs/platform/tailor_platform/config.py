@@ -1,0 +1,76 @@
+"""Settings: one pydantic-settings class per service, read from `TAILOR_` environment variables.
+
+Shared values (NATS, telemetry, logging) use `TAILOR_<NAME>`; a service's own values use
+`TAILOR_<SERVICE>_<NAME>`. A service's database URL is `TAILOR_<SERVICE>_DATABASE_URL`, or derived
+from the server-level `TAILOR_DATABASE_URL` with the database name `tailor_<service>`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def database_url_for(server_url: str, service: str) -> str:
+    """The URL of `service`'s own database on the server that `server_url` points at."""
+    parts = urlsplit(server_url)
+    scheme = parts.scheme
+    if scheme in ("postgres", "postgresql"):
+        scheme = "postgresql+asyncpg"
+    return urlunsplit((scheme, parts.netloc, f"/tailor_{service}", parts.query, parts.fragment))
+
+
+class PlatformSettings(BaseSettings):
+    """What every process of the platform shares."""
+
+    model_config = SettingsConfigDict(env_prefix="TAILOR_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = Field(
+        default="",
+        description="Server-level PostgreSQL URL; each service uses its own database on it.",
+    )
+    otlp_endpoint: str = Field(default="", description="OTLP/gRPC endpoint; empty disables export.")
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    grpc_host: str = "0.0.0.0"
+    shutdown_grace_s: float = 10.0
+    nats_replicas: int = Field(default=1, ge=1, le=5, description="JetStream stream replicas (3 in a cluster).")
+    auth_mode: str = Field(default="none", description="How callers are authenticated; only 'none' so far.")
+
+
+class ServiceSettings(PlatformSettings):
+    """Base of each service's settings class; subclasses set `service_name` and `default_port`."""
+
+    service_name: ClassVar[str] = ""
+    default_port: ClassVar[int] = 50050
+
+    grpc_port: int = 0
+    service_database_url: str = ""
+    outbox_poll_interval_s: float = 0.5
+    outbox_batch_size: int = 500
+    consumer_batch_size: int = 100
+    consumer_max_deliver: int = 5
+    consumer_backoff_s: list[float] = [1.0, 5.0, 30.0, 120.0]
+    health_check_interval_s: float = 2.0
+
+    @model_validator(mode="after")
+    def _resolve_service_values(self) -> ServiceSettings:
+        prefix = f"TAILOR_{self.service_name.upper()}_"
+        self.service_database_url = os.environ.get(prefix + "DATABASE_URL", self.service_database_url)
+        if not self.service_database_url and self.database_url:
+            self.service_database_url = database_url_for(self.database_url, self.service_name)
+        port = os.environ.get(prefix + "GRPC_PORT")
+        if port:
+            self.grpc_port = int(port)
+        elif not self.grpc_port:
+            self.grpc_port = self.default_port
+        return self
+
+    @property
+    def consumer_prefix(self) -> str:
+        return self.service_name

@@ -1,0 +1,73 @@
+"""The database mechanism: one async SQLAlchemy engine per service process, sessions as units of
+work, and Alembic migrations run programmatically (by `tailor migrate` and the embedded runtime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
+
+from tailor_platform import telemetry
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Constraint names for every service's MetaData, so migrations can name what they alter."""
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        if not url:
+            raise ValueError("no database URL configured (TAILOR_<SERVICE>_DATABASE_URL or TAILOR_DATABASE_URL)")
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo
+        )
+        # A Session subclass of our own, so that session events (the outbox's after-commit wake-up)
+        # apply to this database's sessions only.
+        self.sync_session_class: type[Session] = type("TailorSession", (Session,), {})
+        self.sessions = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=self.sync_session_class
+        )
+        telemetry.instrument_engine(self.engine)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on any error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def ping(self, timeout_s: float = 2.0) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s), self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def alembic_config(migrations_dir: Path, url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(migrations_dir: Path, url: str, revision: str = "head") -> None:
+    """Apply a service's migrations up to `revision` (idempotent). Blocking: run it in a thread."""
+    command.upgrade(alembic_config(migrations_dir, url), revision)

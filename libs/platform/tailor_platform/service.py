@@ -1,0 +1,242 @@
+"""The one way a Tailor service process runs: gRPC server, health, reflection, database, bus.
+
+A service describes itself with a `ServiceSpec` (its name, settings, migrations and a `build`
+function that returns its servicers, subscriptions and listeners); `run_service` does the rest:
+
+- starts the grpc.aio server at once with health NOT_SERVING, so probes get an answer;
+- connects to PostgreSQL and NATS (retrying), provisions streams, starts the outbox relay, the
+  durable consumers and the listeners, then reports SERVING;
+- keeps checking the database and NATS, and reports NOT_SERVING while either is lost;
+- on SIGTERM/SIGINT: NOT_SERVING, drain in-flight calls, stop consumers, flush the outbox, drain
+  NATS, dispose the engine, flush spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from tailor_platform import telemetry
+from tailor_platform.auth import authenticator_for
+from tailor_platform.bus.consumer import Consumer, ConsumerPolicy, Subscription
+from tailor_platform.bus.listener import Listener
+from tailor_platform.bus.outbox import Outbox
+from tailor_platform.bus.streams import ensure_streams
+from tailor_platform.config import ServiceSettings
+from tailor_platform.db import Database
+from tailor_platform.interceptors import AuthInterceptor, ErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SHUTDOWN_STEP_S = 5.0
+
+
+@dataclass
+class Runtime:
+    """What a service's build function gets to assemble its parts."""
+
+    settings: ServiceSettings
+    db: Database
+    outbox: Outbox
+
+
+@dataclass
+class Components:
+    """What a service contributes: servicers (registered by `register`), the full names of its gRPC
+    services (for health and reflection), durable subscriptions and per-replica listeners."""
+
+    register: Callable[[grpc.aio.Server], None]
+    service_names: list[str]
+    subscriptions: list[Subscription] = field(default_factory=list)
+    listeners: list[Listener] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    settings_class: type[ServiceSettings]
+    migrations_dir: Path
+    build: Callable[[Runtime], Components]
+
+    def settings(self) -> ServiceSettings:
+        return self.settings_class()
+
+
+class ServiceProcess:
+    def __init__(self, spec: ServiceSpec, settings: ServiceSettings | None = None) -> None:
+        self.spec = spec
+        self.settings = settings or spec.settings()
+        self.db = Database(self.settings.service_database_url)
+        self.outbox = Outbox(
+            self.db,
+            spec.name,
+            batch_size=self.settings.outbox_batch_size,
+            poll_interval_s=self.settings.outbox_poll_interval_s,
+        )
+        self.components = spec.build(Runtime(self.settings, self.db, self.outbox))
+        policy = ConsumerPolicy(
+            batch_size=self.settings.consumer_batch_size,
+            max_deliver=self.settings.consumer_max_deliver,
+            backoff_s=tuple(self.settings.consumer_backoff_s),
+        )
+        self.consumers = [Consumer(spec.name, s, self.db, policy) for s in self.components.subscriptions]
+        self.health = health.aio.HealthServicer()
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.server: grpc.aio.Server | None = None
+        self._stop = asyncio.Event()
+        self.port = 0
+
+    async def start(self) -> None:
+        server = self.server = grpc.aio.server(
+            interceptors=[
+                telemetry.server_interceptor(),
+                ErrorInterceptor(),
+                AuthInterceptor(authenticator_for(self.settings.auth_mode)),
+            ],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self.components.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*self.components.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        await self._set_health(NOT_SERVING)
+        address = f"{self.settings.grpc_host}:{self.settings.grpc_port}"
+        self.port = server.add_insecure_port(address)
+        await server.start()
+        log.info("%s listening on %s", self.spec.name, address)
+        await self._connect()
+        self._tasks.append(asyncio.create_task(self.outbox.run(self._jetstream()), name="outbox-relay"))
+        for consumer in self.consumers:
+            self._tasks.append(asyncio.create_task(consumer.run(self._jetstream()), name=consumer.durable))
+        self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
+
+    def _jetstream(self) -> JetStreamContext:
+        assert self.js is not None, "NATS is not connected yet"
+        return self.js
+
+    async def _connect(self) -> None:
+        """Wait for PostgreSQL and NATS (both may come up after us), then provision streams."""
+        while not await self.db.ping():
+            log.warning("database not reachable yet; retrying")
+            await asyncio.sleep(1.0)
+        while self.nc is None:
+            try:
+                self.nc = await nats.connect(
+                    self.settings.nats_url,
+                    name=f"tailor-{self.spec.name}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    reconnected_cb=self._on_reconnected,
+                    disconnected_cb=self._on_disconnected,
+                    error_cb=self._on_nats_error,
+                )
+            except Exception as error:
+                log.warning("NATS not reachable yet (%s); retrying", error)
+                await asyncio.sleep(1.0)
+        self.js = self.nc.jetstream()
+        await ensure_streams(self.js, replicas=self.settings.nats_replicas)
+        for listener in self.components.listeners:
+            await listener.attach(self.nc)
+
+    async def _on_nats_error(self, error: Exception) -> None:
+        # nats-py logs a full traceback per reconnect attempt by default; one line is enough.
+        log.warning("NATS: %s: %s", type(error).__name__, error)
+
+    async def _on_disconnected(self) -> None:
+        await self._set_health(NOT_SERVING)
+
+    async def _on_reconnected(self) -> None:
+        for listener in self.components.listeners:
+            await listener.on_gap()
+
+    async def _watch_health(self) -> None:
+        while not self._stop.is_set():
+            healthy = await self.db.ping() and self.nc is not None and self.nc.is_connected
+            await self._set_health(SERVING if healthy else NOT_SERVING)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.health_check_interval_s)
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *self.components.service_names):
+            await self.health.set(name, status)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_s)
+        for consumer in self.consumers:
+            consumer.stop()
+        self.outbox.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.js is not None and self.nc is not None and self.nc.is_connected:
+            try:
+                await asyncio.wait_for(self.outbox.flush(self.js), timeout=SHUTDOWN_STEP_S)
+            except Exception:
+                log.warning("could not flush the outbox on shutdown; the next start publishes the rest")
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), timeout=SHUTDOWN_STEP_S)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        await self.db.dispose()
+        log.info("%s stopped", self.spec.name)
+
+
+async def serve(spec: ServiceSpec, settings: ServiceSettings | None = None) -> None:
+    """Run a service until SIGTERM or SIGINT, then shut it down gracefully."""
+    settings = settings or spec.settings()
+    telemetry.setup_telemetry(
+        spec.name,
+        otlp_endpoint=settings.otlp_endpoint,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
+    process = ServiceProcess(spec, settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, process.request_stop)
+    starting = asyncio.create_task(process.start())
+    stopping = asyncio.create_task(process.wait_stopped())
+    try:
+        # A stop request may come while we still wait for the database or NATS.
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            await stopping
+        else:
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+    finally:
+        await process.shutdown()
+        telemetry.shutdown_telemetry()
+
+
+def run_service(spec: ServiceSpec) -> None:
+    asyncio.run(serve(spec))

@@ -1,0 +1,123 @@
+"""OpenTelemetry for every process: tracer provider, OTLP export, gRPC and database spans, trace
+context across NATS, and JSON logs that carry the trace and span ids.
+
+One trace follows an event from ingestion to the delivered offer: gRPC carries the W3C context in
+metadata (the instrumentation does that), the bus carries it in NATS message headers (done here,
+because nats-py has no instrumentation of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from opentelemetry import context, propagate, trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+_provider: TracerProvider | None = None
+
+
+def setup_telemetry(
+    service_name: str, *, otlp_endpoint: str = "", log_level: str = "INFO", log_format: str = "json"
+) -> TracerProvider:
+    """Install the global tracer provider and logging for this process (idempotent)."""
+    global _provider
+    setup_logging(log_level, log_format)
+    if _provider is not None:
+        return _provider
+    # Resource.create also reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (set by the Helm chart).
+    resource = Resource.create({SERVICE_NAME: f"tailor-{service_name}"})
+    provider = TracerProvider(resource=resource)
+    if otlp_endpoint:
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=_is_plaintext(otlp_endpoint)))
+        )
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_telemetry() -> None:
+    """Flush spans still buffered; called on graceful shutdown."""
+    if _provider is not None:
+        _provider.force_flush(timeout_millis=5000)
+        _provider.shutdown()
+
+
+def _is_plaintext(endpoint: str) -> bool:
+    return not endpoint.startswith("https://")
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("tailor")
+
+
+def server_interceptor() -> grpc.aio.ServerInterceptor:
+    """Server spans for every RPC except health checks (probes would drown the traces)."""
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(filter_=filters.negate(filters.health_check()))
+    return interceptor
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Client spans for calls to other services; they propagate the trace in gRPC metadata."""
+    return list(aio_client_interceptors(filter_=filters.negate(filters.health_check())))
+
+
+def instrument_engine(engine: AsyncEngine) -> None:
+    """A span per SQL statement, children of the RPC or message being handled."""
+    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, enable_commenter=False)
+
+
+def inject_headers(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Add the current W3C trace context (traceparent, tracestate) to NATS message headers."""
+    propagate.inject(headers)
+    return headers
+
+
+def extract_context(headers: Mapping[str, str] | None) -> context.Context:
+    """The trace context a producer put into a message's headers (empty context when none)."""
+    return propagate.extract(dict(headers or {}))
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line with the ids of the active span, so logs join their traces."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            entry["trace_id"] = f"{span_context.trace_id:032x}"
+            entry["span_id"] = f"{span_context.span_id:016x}"
+        for key, value in record.__dict__.items():
+            if key.startswith("tailor_"):
+                entry[key.removeprefix("tailor_")] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str = "INFO", log_format: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

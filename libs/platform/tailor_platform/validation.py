@@ -1,0 +1,60 @@
+"""Request validation that reports every offending field at once.
+
+check = Validator()
+check.identifier("customer_id", request.customer_id)
+check.one_of("purpose", request.purpose, registry.purposes)
+check.done()  # raises InvalidArgument naming each bad field
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+from tailor_platform.errors import FieldViolation, InvalidArgument
+
+MAX_ID_LENGTH = 128
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$")
+
+
+class Validator:
+    def __init__(self, prefix: str = "") -> None:
+        self._prefix = prefix
+        self.violations: list[FieldViolation] = []
+
+    def fail(self, field: str, description: str) -> None:
+        self.violations.append(FieldViolation(self._prefix + field, description))
+
+    def required(self, field: str, value: str) -> bool:
+        if not value.strip():
+            self.fail(field, "is required")
+            return False
+        return True
+
+    def identifier(self, field: str, value: str, *, max_length: int = MAX_ID_LENGTH) -> None:
+        """A required opaque id: non-empty, bounded, no whitespace or control characters."""
+        if not self.required(field, value):
+            return
+        if len(value) > max_length:
+            self.fail(field, f"must be at most {max_length} characters (got {len(value)})")
+        elif not _IDENTIFIER.match(value):
+            self.fail(field, "may contain only letters, digits and . _ : @ -")
+
+    def max_length(self, field: str, value: str, limit: int) -> None:
+        if len(value) > limit:
+            self.fail(field, f"must be at most {limit} characters (got {len(value)})")
+
+    def one_of(self, field: str, value: str, allowed: Collection[str], *, optional: bool = False) -> None:
+        if optional and not value:
+            return
+        if value not in allowed:
+            choices = ", ".join(sorted(allowed))
+            self.fail(field, f"unknown value {value[:64]!r}; expected one of: {choices}")
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def done(self) -> None:
+        if self.violations:
+            raise InvalidArgument(self.violations)

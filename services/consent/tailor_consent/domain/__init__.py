@@ -1,0 +1,1 @@
+"""Consent rules: pure functions over consent records, no I/O."""

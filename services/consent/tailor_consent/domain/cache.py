@@ -1,0 +1,66 @@
+"""The CheckConsent cache: each customer's records, in memory, bounded (least recently used out).
+
+Kept exact by invalidation: a local write and every consent.changed message drop the customer.
+A read that missed loads from the database; if the customer was invalidated while that load was
+in flight, the loaded (possibly stale) records are not cached — a per-customer generation counter
+tells.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from tailor_consent.domain.model import ConsentRecord, Key
+
+Records = Mapping[Key, ConsentRecord]
+
+
+class ConsentCache:
+    def __init__(self, max_customers: int) -> None:
+        self.max_customers = max_customers
+        self._entries: OrderedDict[str, Records] = OrderedDict()
+        self._generations: dict[str, int] = {}
+        self._epoch = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, customer_id: str) -> Records | None:
+        records = self._entries.get(customer_id)
+        if records is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(customer_id)
+        self.hits += 1
+        return records
+
+    def ticket(self, customer_id: str) -> tuple[int, int]:
+        """Taken before loading from the database; `put` accepts the load only if still current."""
+        return (self._epoch, self._generations.get(customer_id, 0))
+
+    def put(self, customer_id: str, records: Records, ticket: tuple[int, int]) -> bool:
+        if ticket != self.ticket(customer_id):
+            return False
+        self._entries[customer_id] = records
+        self._entries.move_to_end(customer_id)
+        while len(self._entries) > self.max_customers:
+            evicted, _ = self._entries.popitem(last=False)
+            self._generations.pop(evicted, None)
+        return True
+
+    def invalidate(self, customer_id: str) -> None:
+        self._entries.pop(customer_id, None)
+        self._generations[customer_id] = self._generations.get(customer_id, 0) + 1
+        if len(self._generations) > 4 * self.max_customers:
+            # Bound the counters too; a new epoch voids every load in flight.
+            self._generations.clear()
+            self._epoch += 1
+
+    def clear(self) -> None:
+        """After a gap in the change feed (NATS reconnect) nothing cached can be trusted."""
+        self._entries.clear()
+        self._generations.clear()
+        self._epoch += 1
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,79 @@
+"""What consent publishes and consumes.
+
+Publishes `tailor.consent.changed` (through the outbox) for every change of a customer's consent.
+Consumes `tailor.identity.merged` (durable, once per merge) and listens to `tailor.consent.changed`
+on every replica to keep its CheckConsent cache exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from tailor.events.v1.consent_pb2 import ConsentChanged
+from tailor.events.v1.envelope_pb2 import Envelope
+from tailor.events.v1.identity_pb2 import IdentityMerged
+from tailor_platform.bus.consumer import Subscription
+from tailor_platform.bus.envelope import PoisonMessage, unpack
+from tailor_platform.bus.listener import Listener
+from tailor_platform.bus.outbox import Outbox
+
+from tailor_consent.domain.cache import ConsentCache
+from tailor_consent.domain.model import Cause, ConsentRecord
+
+if TYPE_CHECKING:
+    from tailor_consent.service import ConsentService
+
+CONSENT_CHANGED = "consent.changed"
+IDENTITY_MERGED_SUBJECT = "tailor.identity.merged"
+CONSENT_CHANGED_SUBJECT = "tailor.consent.changed"
+
+
+def consent_changed(record: ConsentRecord, cause: Cause) -> ConsentChanged:
+    message = ConsentChanged(
+        customer_id=record.customer_id,
+        purpose=record.purpose,
+        channel=record.channel,
+        granted=record.granted,
+        source=record.source,
+        legal_basis=record.legal_basis,
+        policy_version=record.policy_version,
+        cause=cause.value,
+    )
+    message.changed_at.FromDatetime(record.updated_at)
+    return message
+
+
+async def publish_changes(
+    outbox: Outbox, session: AsyncSession, records: Sequence[ConsentRecord], cause: Cause
+) -> None:
+    for record in records:
+        await outbox.add(
+            session,
+            CONSENT_CHANGED,
+            consent_changed(record, cause),
+            customer_id=record.customer_id,
+            time=record.updated_at,
+        )
+
+
+def identity_merged_subscription(service: ConsentService) -> Subscription:
+    async def handle(session: AsyncSession, envelope: Envelope) -> None:
+        merged = unpack(envelope, IdentityMerged)
+        absorbed = [customer for customer in merged.absorbed_ids if customer and customer != merged.survivor_id]
+        if not merged.survivor_id or not absorbed:
+            raise PoisonMessage("identity.merged needs a survivor_id and at least one other absorbed id")
+        await service.merge(session, merged.survivor_id, absorbed, merged.merge_id or envelope.id)
+
+    return Subscription("identity-merged", IDENTITY_MERGED_SUBJECT, handle)
+
+
+def cache_listener(cache: ConsentCache) -> Listener:
+    async def on_change(envelope: Envelope) -> None:
+        cache.invalidate(envelope.customer_id or unpack(envelope, ConsentChanged).customer_id)
+
+    async def on_gap() -> None:
+        cache.clear()
+
+    return Listener(CONSENT_CHANGED_SUBJECT, on_change, on_gap)

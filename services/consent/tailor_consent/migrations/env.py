@@ -1,0 +1,4 @@
+from tailor_consent.store import Base
+from tailor_platform.migrations import run_migrations
+
+run_migrations(Base.metadata)

@@ -1,0 +1,162 @@
+"""Consent tables and queries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Identity, Index, MetaData, String, select, tuple_
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from tailor_platform.db import NAMING_CONVENTION
+
+from tailor_consent.domain.model import Cause, ConsentRecord
+
+CustomerKey = tuple[str, str, str]
+"""(customer_id, purpose, channel)"""
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ConsentRow(Base):
+    """The current consent of a customer for a purpose (and channel; "" = every channel)."""
+
+    __tablename__ = "consent"
+
+    customer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64), primary_key=True)
+    granted: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(200))
+    legal_basis: Mapped[str] = mapped_column(String(64))
+    policy_version: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    request_id: Mapped[str] = mapped_column(String(200))
+
+    def record(self) -> ConsentRecord:
+        return ConsentRecord(
+            self.customer_id,
+            self.purpose,
+            self.channel,
+            self.granted,
+            self.source,
+            self.legal_basis,
+            self.policy_version,
+            self.updated_at,
+            self.request_id,
+        )
+
+
+class AuditRow(Base):
+    """Append-only: the database refuses UPDATE, DELETE and TRUNCATE (see the first migration)."""
+
+    __tablename__ = "consent_audit"
+    __table_args__ = (Index("ix_consent_audit_customer_sequence", "customer_id", "sequence"),)
+
+    sequence: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    purpose: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(64))
+    granted: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(200))
+    legal_basis: Mapped[str] = mapped_column(String(64))
+    policy_version: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(200), unique=True)
+    cause: Mapped[str] = mapped_column(String(16))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    def record(self) -> ConsentRecord:
+        return ConsentRecord(
+            self.customer_id,
+            self.purpose,
+            self.channel,
+            self.granted,
+            self.source,
+            self.legal_basis,
+            self.policy_version,
+            self.recorded_at,
+            self.request_id,
+        )
+
+
+def _columns(record: ConsentRecord) -> dict[str, object]:
+    return {
+        "customer_id": record.customer_id,
+        "purpose": record.purpose,
+        "channel": record.channel,
+        "granted": record.granted,
+        "source": record.source,
+        "legal_basis": record.legal_basis,
+        "policy_version": record.policy_version,
+        "request_id": record.request_id,
+    }
+
+
+class ConsentStore:
+    """Queries; every method runs in the caller's session (and so in its transaction)."""
+
+    async def records_of(self, session: AsyncSession, customer_ids: Sequence[str]) -> list[ConsentRecord]:
+        rows = await session.scalars(select(ConsentRow).where(ConsentRow.customer_id.in_(customer_ids)))
+        return [row.record() for row in rows]
+
+    async def audited(self, session: AsyncSession, request_ids: Iterable[str]) -> dict[str, ConsentRecord]:
+        """The audit entries already written for these request ids."""
+        rows = await session.scalars(select(AuditRow).where(AuditRow.request_id.in_(list(request_ids))))
+        return {row.request_id: row.record() for row in rows}
+
+    async def append_audit(self, session: AsyncSession, records: Sequence[ConsentRecord], cause: Cause) -> set[str]:
+        """Append audit entries; returns the request ids that were new (others were there already)."""
+        if not records:
+            return set()
+        inserted = await session.scalars(
+            insert(AuditRow)
+            .values([{**_columns(r), "cause": cause.value, "recorded_at": r.updated_at} for r in records])
+            .on_conflict_do_nothing(index_elements=["request_id"])
+            .returning(AuditRow.request_id)
+        )
+        return set(inserted)
+
+    async def upsert_current(self, session: AsyncSession, records: Sequence[ConsentRecord]) -> list[CustomerKey]:
+        """Make these records current unless a newer one is stored; returns the keys that changed.
+        At most one record per (customer, purpose, channel)."""
+        if not records:
+            return []
+        statement = insert(ConsentRow).values([{**_columns(r), "updated_at": r.updated_at} for r in records])
+        excluded = statement.excluded
+        statement = statement.on_conflict_do_update(
+            index_elements=["customer_id", "purpose", "channel"],
+            set_={
+                "granted": excluded.granted,
+                "source": excluded.source,
+                "legal_basis": excluded.legal_basis,
+                "policy_version": excluded.policy_version,
+                "updated_at": excluded.updated_at,
+                "request_id": excluded.request_id,
+            },
+            where=ConsentRow.updated_at <= excluded.updated_at,
+        ).returning(ConsentRow.customer_id, ConsentRow.purpose, ConsentRow.channel)
+        changed = await session.execute(statement)
+        return [(row.customer_id, row.purpose, row.channel) for row in changed]  # type: ignore[misc]
+
+    async def history(
+        self, session: AsyncSession, customer_id: str, after_sequence: int, limit: int
+    ) -> list[tuple[int, str, ConsentRecord]]:
+        rows = await session.scalars(
+            select(AuditRow)
+            .where(AuditRow.customer_id == customer_id, AuditRow.sequence > after_sequence)
+            .order_by(AuditRow.sequence)
+            .limit(limit)
+        )
+        return [(row.sequence, row.cause, row.record()) for row in rows]
+
+    async def current(self, session: AsyncSession, keys: Sequence[CustomerKey]) -> list[ConsentRecord]:
+        """The stored records for (customer, purpose, channel) keys."""
+        if not keys:
+            return []
+        rows = await session.scalars(
+            select(ConsentRow).where(tuple_(ConsentRow.customer_id, ConsentRow.purpose, ConsentRow.channel).in_(keys))
+        )
+        return [row.record() for row in rows]

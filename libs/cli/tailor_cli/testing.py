@@ -12,7 +12,6 @@ import asyncio
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from tailor_platform.config import database_url_for
@@ -64,12 +63,15 @@ def fresh_database(infra: Infra) -> Callable[[str], str]:
     return create
 
 
-@pytest.fixture
-def start_platform(tmp_path: Path) -> Iterator[Callable[..., Platform]]:
+@pytest.fixture(scope="module")
+def start_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Platform]]:
+    """Start services as processes; they run until the end of the test module."""
     started: list[Platform] = []
 
-    def start(services: list[str], **options: object) -> Platform:
-        platform = Platform(tmp_path / f"platform{len(started)}", services=services, free_ports=True, **options)  # type: ignore[arg-type]
+    def start(services: list[str], extra_env: dict[str, str] | None = None) -> Platform:
+        platform = Platform(
+            tmp_path_factory.mktemp("platform"), services=services, free_ports=True, extra_env=extra_env or {}
+        )
         started.append(platform)
         return platform.start()
 

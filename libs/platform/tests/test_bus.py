@@ -1,0 +1,237 @@
+"""The bus against a real PostgreSQL and a real NATS JetStream server: outbox atomicity, exactly-once
+effects under redelivery, dead-lettering, and durability across a NATS restart."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from tailor.events.v1.consent_pb2 import ConsentChanged
+from tailor.events.v1.envelope_pb2 import Envelope
+from tailor_cli.embedded import EmbeddedNats
+from tailor_cli.launcher import ensure_databases
+from tailor_cli.testing import Infra
+from tailor_platform.bus.consumer import Consumer, ConsumerPolicy, Subscription, dead_letter_subject
+from tailor_platform.bus.envelope import new_envelope, unpack
+from tailor_platform.bus.outbox import Outbox
+from tailor_platform.bus.streams import ensure_streams
+from tailor_platform.bus.tables import platform_metadata
+from tailor_platform.config import database_url_for
+from tailor_platform.db import Database
+
+effects_metadata = MetaData()
+effects = Table("effect", effects_metadata, Column("id", Integer, primary_key=True), Column("customer_id", String(64)))
+
+
+@pytest.fixture
+async def db(infra: Infra) -> AsyncIterator[Database]:
+    name = f"bus_{uuid.uuid4().hex[:8]}"
+    await ensure_databases(infra.server_url, [name])
+    database = Database(database_url_for(infra.server_url, name))
+    async with database.engine.begin() as connection:
+        await connection.run_sync(platform_metadata.create_all)
+        await connection.run_sync(effects_metadata.create_all)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def nc(infra: Infra) -> AsyncIterator[NATS]:
+    connection = await nats.connect(infra.nats_url)
+    await ensure_streams(connection.jetstream())
+    yield connection
+    await connection.close()
+
+
+def unique_subject() -> tuple[str, str]:
+    """A subject of its own (captured by the TAILOR_CONSENT stream) and its event type."""
+    event_type = f"consent.test_{uuid.uuid4().hex[:10]}"
+    return event_type, f"tailor.{event_type}"
+
+
+def changed(customer_id: str) -> ConsentChanged:
+    return ConsentChanged(customer_id=customer_id, purpose="marketing", granted=True)
+
+
+async def read_all(js: JetStreamContext, subject: str, expected: int, timeout_s: float = 5.0) -> list[Envelope]:
+    subscription = await js.pull_subscribe(subject, durable=None)
+    received: list[Envelope] = []
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(received) < expected and asyncio.get_running_loop().time() < deadline:
+        try:
+            messages = await subscription.fetch(expected - len(received), timeout=0.5)
+        except TimeoutError:
+            continue
+        for message in messages:
+            received.append(Envelope.FromString(message.data))
+            await message.ack()
+    # Anything beyond what we expected would be a bug too.
+    try:
+        extra = await subscription.fetch(1, timeout=0.3)
+        received.extend(Envelope.FromString(m.data) for m in extra)
+    except TimeoutError:
+        pass
+    await subscription.unsubscribe()
+    return received
+
+
+async def test_event_of_rolled_back_transaction_is_never_published(db: Database, nc: NATS) -> None:
+    event_type, subject = unique_subject()
+    outbox = Outbox(db, "bus-test")
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as session:
+            await outbox.add(session, event_type, changed("rolled-back"), customer_id="rolled-back")
+            raise RuntimeError("the change fails after the event was written")
+    async with db.transaction() as session:
+        await outbox.add(session, event_type, changed("committed"), customer_id="committed")
+
+    assert await outbox.flush(nc.jetstream()) == 1
+    received = await read_all(nc.jetstream(), subject, expected=1)
+    assert [envelope.customer_id for envelope in received] == ["committed"]
+
+
+async def test_relay_publishes_in_commit_order_with_msg_id(db: Database, nc: NATS) -> None:
+    event_type, subject = unique_subject()
+    outbox = Outbox(db, "bus-test", batch_size=7)
+    written = []
+    for number in range(20):
+        async with db.transaction() as session:
+            written.append(await outbox.add(session, event_type, changed(f"c{number}"), customer_id=f"c{number}"))
+    assert await outbox.flush(nc.jetstream()) == 20
+    # Re-publishing the same envelopes (a crash between publish and delete) is absorbed by the stream.
+    async with db.transaction() as session:
+        await outbox.add_many(session, written[:5])
+    await outbox.flush(nc.jetstream())
+    received = await read_all(nc.jetstream(), subject, expected=20)
+    assert [e.id for e in received] == [e.id for e in written]
+
+
+async def record_effect(session: AsyncSession, envelope: Envelope) -> None:
+    await session.execute(insert(effects).values(customer_id=unpack(envelope, ConsentChanged).customer_id))
+
+
+async def count_effects(db: Database, customer_id: str) -> int:
+    async with db.sessions() as session:
+        return int(await session.scalar(select(func.count()).where(effects.c.customer_id == customer_id)) or 0)
+
+
+async def run_until(
+    consumer: Consumer, js: JetStreamContext, condition: Callable[[], bool], timeout_s: float = 10.0
+) -> None:
+    task = asyncio.create_task(consumer.run(js))
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("consumer did not reach the expected state in time")
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=5)
+
+
+async def test_redelivered_envelope_has_its_effect_once(db: Database, nc: NATS) -> None:
+    event_type, subject = unique_subject()
+    js = nc.jetstream()
+    envelope = new_envelope(event_type, "bus-test", changed("once"), customer_id="once")
+    # The same envelope arrives three times (e.g. re-published after the duplicate window).
+    for attempt in range(3):
+        await js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": f"{envelope.id}-{attempt}"})
+    consumer = Consumer("bustest", Subscription(f"once-{uuid.uuid4().hex[:6]}", subject, record_effect), db)
+    await run_until(consumer, js, condition=lambda: consumer.handled + consumer.duplicates == 3)
+    assert (consumer.handled, consumer.duplicates) == (1, 2)
+    assert await count_effects(db, "once") == 1
+
+
+async def test_failed_handler_is_retried_and_its_effect_happens_once(db: Database, nc: NATS) -> None:
+    event_type, subject = unique_subject()
+    js = nc.jetstream()
+    calls = 0
+
+    async def flaky(session: AsyncSession, envelope: Envelope) -> None:
+        nonlocal calls
+        calls += 1
+        await record_effect(session, envelope)  # written, then rolled back by the failure below
+        if calls == 1:
+            raise ConnectionError("downstream hiccup")
+
+    envelope = new_envelope(event_type, "bus-test", changed("flaky"), customer_id="flaky")
+    await js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+    policy = ConsumerPolicy(max_deliver=3, backoff_s=(0.1,))
+    consumer = Consumer("bustest", Subscription(f"flaky-{uuid.uuid4().hex[:6]}", subject, flaky), db, policy)
+    await run_until(consumer, js, condition=lambda: consumer.handled == 1)
+    assert calls == 2
+    assert await count_effects(db, "flaky") == 1
+
+
+async def test_poison_and_undecodable_messages_are_dead_lettered_and_consumer_goes_on(db: Database, nc: NATS) -> None:
+    event_type, subject = unique_subject()
+    service = f"bustest{uuid.uuid4().hex[:6]}"
+    js = nc.jetstream()
+
+    async def always_fails(session: AsyncSession, envelope: Envelope) -> None:
+        if envelope.customer_id == "bad":
+            raise ValueError("cannot handle this one")
+        await record_effect(session, envelope)
+
+    await js.publish(subject, b"\xff\x00 not a protobuf envelope", headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    bad = new_envelope(event_type, "bus-test", changed("bad"), customer_id="bad")
+    await js.publish(subject, bad.SerializeToString(), headers={"Nats-Msg-Id": bad.id})
+    good = new_envelope(event_type, "bus-test", changed("good"), customer_id="good")
+    await js.publish(subject, good.SerializeToString(), headers={"Nats-Msg-Id": good.id})
+
+    policy = ConsumerPolicy(max_deliver=2, backoff_s=(0.1,))
+    consumer = Consumer(service, Subscription("poison", subject, always_fails), db, policy)
+    await run_until(consumer, js, condition=lambda: consumer.dead_lettered == 2 and consumer.handled == 1)
+    assert await count_effects(db, "good") == 1
+
+    dead = await js.pull_subscribe(dead_letter_subject(service), durable=None)
+    letters = await dead.fetch(2, timeout=5)
+    reasons = sorted(message.headers["Tailor-Reason"].split(":")[0] for message in letters if message.headers)
+    assert reasons == ["failed 2 times", "undecodable"]
+    assert all(message.headers and message.headers["Tailor-Original-Subject"] == subject for message in letters)
+
+
+async def test_declare_updates_an_existing_durable_consumer(db: Database, nc: NATS) -> None:
+    _, subject = unique_subject()
+    js = nc.jetstream()
+    name = f"declared-{uuid.uuid4().hex[:6]}"
+    first = Consumer("bustest", Subscription(name, subject, record_effect), db, ConsumerPolicy(ack_wait_s=30))
+    await first.declare(js)
+    second = Consumer("bustest", Subscription(name, subject, record_effect), db, ConsumerPolicy(ack_wait_s=45))
+    await second.declare(js)
+    info = await js.consumer_info(second.stream, second.durable)
+    assert info.config.ack_wait == 45
+
+
+async def test_published_messages_survive_a_nats_restart(db: Database, tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path, port=0)
+    server.start()
+    try:
+        connection = await nats.connect(server.url)
+        await ensure_streams(connection.jetstream())
+        event_type, subject = unique_subject()
+        outbox = Outbox(db, "bus-test")
+        async with db.transaction() as session:
+            for number in range(10):
+                await outbox.add(session, event_type, changed(f"d{number}"), customer_id=f"d{number}")
+        assert await outbox.flush(connection.jetstream()) == 10
+        await connection.close()
+
+        server.restart()
+
+        connection = await nats.connect(server.url)
+        received = await read_all(connection.jetstream(), subject, expected=10)
+        assert sorted(e.customer_id for e in received) == sorted(f"d{n}" for n in range(10))
+        await connection.close()
+    finally:
+        server.stop()

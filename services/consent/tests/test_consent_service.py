@@ -1,0 +1,324 @@
+"""The consent service as a real process (started by the launcher), called over real gRPC, with a
+real PostgreSQL and NATS JetStream behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import nats
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from tailor.consent.v1 import consent_pb2 as pb
+from tailor.consent.v1 import consent_pb2_grpc
+from tailor.events.v1.consent_pb2 import ConsentChanged
+from tailor.events.v1.envelope_pb2 import Envelope
+from tailor.events.v1.identity_pb2 import IdentityMerged
+from tailor_cli.launcher import Platform, health_status
+from tailor_platform.bus.envelope import new_envelope, unpack
+from tailor_platform.errors import field_violations
+
+
+@pytest.fixture(scope="module")
+def platform(start_platform: Callable[..., Platform]) -> Platform:
+    return start_platform(["consent"])
+
+
+@pytest.fixture(scope="module")
+def stub(platform: Platform) -> Iterator[consent_pb2_grpc.ConsentServiceStub]:
+    with grpc.insecure_channel(platform.address("consent")) as channel:
+        yield consent_pb2_grpc.ConsentServiceStub(channel)
+
+
+def customer() -> str:
+    return f"cust-{uuid.uuid4().hex[:12]}"
+
+
+def set_request(customer_id: str, purpose: str, channel: str, granted: bool, **fields: str) -> pb.SetConsentRequest:
+    values = {"source": "web:preference-center", "policy_version": "2026-01", "request_id": uuid.uuid4().hex}
+    values.update(fields)
+    return pb.SetConsentRequest(customer_id=customer_id, purpose=purpose, channel=channel, granted=granted, **values)
+
+
+def allowed(stub: consent_pb2_grpc.ConsentServiceStub, customer_id: str, purpose: str, channel: str = "") -> bool:
+    response = stub.CheckConsent(pb.CheckConsentRequest(customer_id=customer_id, purpose=purpose, channel=channel))
+    return bool(response.allowed)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_default_deny_then_grant_then_withdrawal_takes_effect_at_once(
+    stub: consent_pb2_grpc.ConsentServiceStub,
+) -> None:
+    who = customer()
+    response = stub.CheckConsent(pb.CheckConsentRequest(customer_id=who, purpose="marketing", channel="email"))
+    assert (response.allowed, response.reason) == (False, "no_consent_recorded")
+
+    stub.SetConsent(set_request(who, "marketing", "email", True))
+    assert allowed(stub, who, "marketing", "email")
+    assert not allowed(stub, who, "marketing", "sms")
+
+    stub.SetConsent(set_request(who, "marketing", "", False))  # withdraw marketing on every channel
+    response = stub.CheckConsent(pb.CheckConsentRequest(customer_id=who, purpose="marketing", channel="email"))
+    assert (response.allowed, response.reason) == (False, "withdrawn")
+    assert response.decided_by.channel == ""
+
+
+def test_set_consent_is_idempotent_by_request_id(stub: consent_pb2_grpc.ConsentServiceStub) -> None:
+    who = customer()
+    request = set_request(who, "analytics", "web", True)
+    first = stub.SetConsent(request)
+    again = stub.SetConsent(request)
+    assert first.applied and not again.applied
+    assert again.consent == first.consent
+    history = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who))
+    assert len(history.entries) == 1
+
+    reused = set_request(who, "analytics", "web", False, request_id=request.request_id)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SetConsent(reused)
+    assert error.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert allowed(stub, who, "analytics", "web")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"customer_id": ""}, "customer_id"),
+        ({"customer_id": "x" * 129}, "customer_id"),
+        ({"customer_id": "has space"}, "customer_id"),
+        ({"purpose": "telepathy"}, "purpose"),
+        ({"channel": "carrier_pigeon"}, "channel"),
+        ({"request_id": ""}, "request_id"),
+        ({"source": ""}, "source"),
+        ({"legal_basis": "because"}, "legal_basis"),
+    ],
+)
+def test_bad_set_consent_is_invalid_argument_naming_the_field(
+    stub: consent_pb2_grpc.ConsentServiceStub, change: dict[str, str], field: str
+) -> None:
+    request = set_request(customer(), "marketing", "email", True)
+    for name, value in change.items():
+        setattr(request, name, value)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SetConsent(request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [violation.field for violation in field_violations(error.value)] == [field]
+
+
+def test_bad_check_names_every_offending_field(stub: consent_pb2_grpc.ConsentServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        stub.CheckConsent(pb.CheckConsentRequest(customer_id="", purpose="nope", channel="fax"))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(v.field for v in field_violations(error.value)) == ["channel", "customer_id", "purpose"]
+
+
+def test_history_is_paged_oldest_first(stub: consent_pb2_grpc.ConsentServiceStub) -> None:
+    who = customer()
+    for number in range(5):
+        stub.SetConsent(set_request(who, "profiling", "", number % 2 == 0))
+    first = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who, page={"page_size": 3}))
+    second = stub.ConsentHistory(
+        pb.ConsentHistoryRequest(customer_id=who, page={"page_size": 3, "page_token": first.page.next_page_token})
+    )
+    entries = [*first.entries, *second.entries]
+    assert [e.granted for e in entries] == [True, False, True, False, True]
+    assert [e.cause for e in entries] == ["set"] * 5
+    assert second.page.next_page_token == ""
+    assert all(a.sequence < b.sequence for a, b in zip(entries, entries[1:], strict=False))
+
+
+def test_the_database_refuses_to_rewrite_the_audit_log(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    who = customer()
+    stub.SetConsent(set_request(who, "marketing", "sms", True))
+
+    async def tamper() -> list[str]:
+        url = platform.service_database_url("consent").replace("postgresql+asyncpg://", "postgresql://")
+        connection = await asyncpg.connect(url)
+        refused = []
+        try:
+            for statement in (
+                "UPDATE consent_audit SET granted = false WHERE customer_id = $1",
+                "DELETE FROM consent_audit WHERE customer_id = $1",
+            ):
+                try:
+                    await connection.execute(statement, who)
+                except asyncpg.InsufficientPrivilegeError:
+                    refused.append(statement.split()[0])
+            try:
+                await connection.execute("TRUNCATE consent_audit")
+            except asyncpg.InsufficientPrivilegeError:
+                refused.append("TRUNCATE")
+        finally:
+            await connection.close()
+        return refused
+
+    assert asyncio.run(tamper()) == ["UPDATE", "DELETE", "TRUNCATE"]
+    [entry] = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who)).entries
+    assert entry.granted
+
+
+def import_item(request: pb.SetConsentRequest, recorded_at: datetime | None = None) -> pb.ImportConsentsRequest:
+    item = pb.ImportConsentsRequest(record=request)
+    if recorded_at is not None:
+        stamp = Timestamp()
+        stamp.FromDatetime(recorded_at)
+        item.recorded_at.CopyFrom(stamp)
+    return item
+
+
+def test_bulk_import_applies_each_record_once_and_never_overrides_newer(
+    stub: consent_pb2_grpc.ConsentServiceStub,
+) -> None:
+    now = datetime.now(UTC)
+    newer_customer = customer()
+    stub.SetConsent(set_request(newer_customer, "marketing", "email", False))  # stored now
+    imported_customers = [customer() for _ in range(1200)]
+    items = [
+        import_item(set_request(who, "marketing", "email", True, request_id=f"legacy-{who}"), now - timedelta(days=30))
+        for who in imported_customers
+    ]
+    items.append(items[0])  # the same legacy record twice
+    items.append(import_item(set_request(newer_customer, "marketing", "email", True), now - timedelta(days=1)))
+    items.append(import_item(set_request("", "marketing", "email", True)))
+    items.append(import_item(set_request(customer(), "nonsense", "email", True)))
+
+    summary = stub.ImportConsents(iter(items))
+
+    assert summary.received == len(items)
+    assert summary.imported == 1200
+    assert summary.skipped == 2  # the repeated record, and the one older than what is stored
+    assert [(e.index, e.field) for e in summary.errors] == [
+        (len(items) - 2, "record.customer_id"),
+        (len(items) - 1, "record.purpose"),
+    ]
+    assert allowed(stub, imported_customers[0], "marketing", "email")
+    assert allowed(stub, imported_customers[-1], "marketing", "email")
+    assert not allowed(stub, newer_customer, "marketing", "email")
+    again = stub.ImportConsents(iter(items[:10]))
+    assert (again.imported, again.skipped) == (0, 10)
+
+
+def test_list_purposes_shows_the_configured_registry(stub: consent_pb2_grpc.ConsentServiceStub) -> None:
+    response = stub.ListPurposes(pb.ListPurposesRequest())
+    assert "marketing" in response.purposes and "third_party_sharing" in response.purposes
+    assert set(response.channels) == {"email", "sms", "push", "phone", "in_store", "web"}
+
+
+async def publish(nats_url: str, subject: str, payload: bytes, msg_id: str) -> None:
+    connection = await nats.connect(nats_url)
+    try:
+        await connection.jetstream().publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+    finally:
+        await connection.close()
+
+
+def merged_envelope(survivor: str, absorbed: list[str]) -> Envelope:
+    event = IdentityMerged(
+        survivor_id=survivor, absorbed_ids=absorbed, evidence="shared email", merge_id=uuid.uuid4().hex
+    )
+    return new_envelope("identity.merged", "identity", event, customer_id=survivor)
+
+
+def test_identity_merged_folds_consents_most_restrictively_once(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    survivor, absorbed = customer(), customer()
+    stub.SetConsent(set_request(survivor, "marketing", "email", True))
+    stub.SetConsent(set_request(survivor, "analytics", "", True))
+    stub.SetConsent(set_request(absorbed, "marketing", "email", False))  # a denial anywhere wins
+    stub.SetConsent(set_request(absorbed, "personalization", "web", True))
+    assert allowed(stub, survivor, "marketing", "email")  # now cached as allowed
+
+    envelope = merged_envelope(survivor, [absorbed])
+    assert platform.nats_url is not None
+    # A malformed message first: it must be dead-lettered without stopping the consumer.
+    asyncio.run(publish(platform.nats_url, "tailor.identity.merged", b"garbage", uuid.uuid4().hex))
+    for attempt in range(2):  # delivered twice: the effect must happen once
+        asyncio.run(
+            publish(
+                platform.nats_url, "tailor.identity.merged", envelope.SerializeToString(), f"{envelope.id}-{attempt}"
+            )
+        )
+
+    wait_until(lambda: not allowed(stub, survivor, "marketing", "email"))
+    assert allowed(stub, survivor, "personalization", "web")
+    assert allowed(stub, survivor, "analytics")
+    merge_entries = [
+        e for e in stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=survivor)).entries if e.cause == "merge"
+    ]
+    time.sleep(0.5)  # give a wrongful second application the chance to show up
+    assert len(merge_entries) == 2
+    assert (
+        len(
+            [
+                e
+                for e in stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=survivor)).entries
+                if e.cause == "merge"
+            ]
+        )
+        == 2
+    )
+
+
+def test_every_change_is_published_as_consent_changed(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    who = customer()
+    stub.SetConsent(set_request(who, "third_party_sharing", "", False, legal_basis="consent"))
+
+    async def find() -> ConsentChanged:
+        assert platform.nats_url is not None
+        connection = await nats.connect(platform.nats_url)
+        try:
+            subscription = await connection.jetstream().pull_subscribe("tailor.consent.changed", durable=None)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    messages = await subscription.fetch(100, timeout=0.5)
+                except TimeoutError:
+                    continue
+                for message in messages:
+                    await message.ack()
+                    envelope = Envelope.FromString(message.data)
+                    if envelope.customer_id == who:
+                        assert message.headers and message.headers["Nats-Msg-Id"] == envelope.id
+                        return unpack(envelope, ConsentChanged)
+            raise AssertionError("no consent.changed for the customer")
+        finally:
+            await connection.close()
+
+    event = asyncio.run(find())
+    assert (event.purpose, event.granted, event.cause) == ("third_party_sharing", False, "set")
+
+
+def test_health_follows_nats_and_data_survives_a_restart(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    who = customer()
+    stub.SetConsent(set_request(who, "marketing", "push", True))
+    assert platform.nats is not None
+    platform.nats.stop()
+    wait_until(lambda: health_status(platform.address("consent")) == "NOT_SERVING", timeout_s=15)
+    platform.nats.start()
+    wait_until(lambda: health_status(platform.address("consent")) == "SERVING", timeout_s=20)
+
+    assert platform.stop_service("consent") == 0  # SIGTERM: a clean, graceful exit
+    platform.wait_serving(platform.start_service("consent"))
+    with grpc.insecure_channel(platform.address("consent")) as channel:
+        restarted = consent_pb2_grpc.ConsentServiceStub(channel)
+        assert allowed(restarted, who, "marketing", "push")

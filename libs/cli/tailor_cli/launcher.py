@@ -47,7 +47,7 @@ def health_status(address: str, service: str = "", timeout_s: float = 1.0) -> st
     """SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNREACHABLE."""
     with grpc.insecure_channel(address) as channel:
         try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
+            response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
             )
         except grpc.RpcError as error:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -17,6 +17,8 @@ from tailor_platform.errors import TailorError
 log = logging.getLogger(__name__)
 
 Behaviour = Callable[..., Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
@@ -57,10 +59,10 @@ def _wrap_streaming(behaviour: Behaviour) -> Behaviour:
 
 
 def _rebuild(
-    handler: grpc.RpcMethodHandler,
+    handler: Handler,
     wrap_unary: Callable[[Behaviour], Behaviour],
     wrap_streaming: Callable[[Behaviour], Behaviour],
-) -> grpc.RpcMethodHandler:
+) -> Handler:
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
@@ -71,6 +73,7 @@ def _rebuild(
         return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **kwargs)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(wrap_streaming(handler.unary_stream), **kwargs)
+    assert handler.stream_stream is not None
     return grpc.stream_stream_rpc_method_handler(wrap_streaming(handler.stream_stream), **kwargs)
 
 
@@ -79,9 +82,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -98,9 +101,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(self.OPEN_SERVICES):

@@ -192,6 +192,10 @@ class ServiceProcess:
         for consumer in self.consumers:
             consumer.stop()
         self.outbox.stop()
+        # Consumers finish the message in hand and unsubscribe; whatever is left after the grace
+        # step is cancelled (unacknowledged messages are redelivered, so nothing is lost).
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=SHUTDOWN_STEP_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

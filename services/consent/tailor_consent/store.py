@@ -124,9 +124,9 @@ class ConsentStore:
         At most one record per (customer, purpose, channel)."""
         if not records:
             return []
-        statement = insert(ConsentRow).values([{**_columns(r), "updated_at": r.updated_at} for r in records])
-        excluded = statement.excluded
-        statement = statement.on_conflict_do_update(
+        values = insert(ConsentRow).values([{**_columns(r), "updated_at": r.updated_at} for r in records])
+        excluded = values.excluded
+        statement = values.on_conflict_do_update(
             index_elements=["customer_id", "purpose", "channel"],
             set_={
                 "granted": excluded.granted,
@@ -139,7 +139,7 @@ class ConsentStore:
             where=ConsentRow.updated_at <= excluded.updated_at,
         ).returning(ConsentRow.customer_id, ConsentRow.purpose, ConsentRow.channel)
         changed = await session.execute(statement)
-        return [(row.customer_id, row.purpose, row.channel) for row in changed]  # type: ignore[misc]
+        return [(row.customer_id, row.purpose, row.channel) for row in changed]
 
     async def history(
         self, session: AsyncSession, customer_id: str, after_sequence: int, limit: int

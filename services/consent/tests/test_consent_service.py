@@ -4,6 +4,7 @@ real PostgreSQL and NATS JetStream behind it."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import grpc
 import nats
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from tailor.common.v1.common_pb2 import PageRequest
 from tailor.consent.v1 import consent_pb2 as pb
 from tailor.consent.v1 import consent_pb2_grpc
 from tailor.events.v1.consent_pb2 import ConsentChanged
@@ -129,15 +131,15 @@ def test_history_is_paged_oldest_first(stub: consent_pb2_grpc.ConsentServiceStub
     who = customer()
     for number in range(5):
         stub.SetConsent(set_request(who, "profiling", "", number % 2 == 0))
-    first = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who, page={"page_size": 3}))
+    first = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who, page=PageRequest(page_size=3)))
     second = stub.ConsentHistory(
-        pb.ConsentHistoryRequest(customer_id=who, page={"page_size": 3, "page_token": first.page.next_page_token})
+        pb.ConsentHistoryRequest(customer_id=who, page=PageRequest(page_size=3, page_token=first.page.next_page_token))
     )
     entries = [*first.entries, *second.entries]
     assert [e.granted for e in entries] == [True, False, True, False, True]
     assert [e.cause for e in entries] == ["set"] * 5
     assert second.page.next_page_token == ""
-    assert all(a.sequence < b.sequence for a, b in zip(entries, entries[1:], strict=False))
+    assert all(a.sequence < b.sequence for a, b in itertools.pairwise(entries))
 
 
 def test_the_database_refuses_to_rewrite_the_audit_log(

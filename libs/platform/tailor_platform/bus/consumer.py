@@ -11,6 +11,7 @@ stops the consumer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -111,19 +112,23 @@ class Consumer:
     async def run(self, js: JetStreamContext) -> None:
         await self.declare(js)
         subscription = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-        while not self._stopping:
-            try:
-                messages = await subscription.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout_s)
-            except TimeoutError:
-                continue
-            except Exception:
-                if self._stopping:
-                    return
-                log.exception("fetch from %s failed; retrying", self.durable)
-                await asyncio.sleep(1.0)
-                continue
-            for message in messages:
-                await self.handle(js, message)
+        try:
+            while not self._stopping:
+                try:
+                    messages = await subscription.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout_s)
+                except TimeoutError:
+                    continue
+                except Exception:
+                    if self._stopping:
+                        return
+                    log.exception("fetch from %s failed; retrying", self.durable)
+                    await asyncio.sleep(1.0)
+                    continue
+                for message in messages:
+                    await self.handle(js, message)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     def stop(self) -> None:
         self._stopping = True

@@ -147,6 +147,7 @@ class Outbox:
                 "messaging.operation.type": "publish",
             },
         ):
-            headers = telemetry.inject_headers({"Nats-Msg-Id": row.envelope_id})
+            headers = {"Nats-Msg-Id": row.envelope_id}
+            telemetry.inject_headers(headers)
             future: asyncio.Future[Any] = await js.publish_async(row.subject, row.payload, headers=headers)
             return future

@@ -1,0 +1,97 @@
+"""One trace from the caller through gRPC, the database, the outbox, NATS and the consumers of
+every service involved: the services run as processes and export OTLP to a receiver the test runs."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from tailor.consent.v1 import consent_pb2 as pb
+from tailor.consent.v1 import consent_pb2_grpc
+from tailor_cli.launcher import Platform
+
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    otlp = OtlpReceiver().start()
+    yield otlp
+    otlp.stop()
+
+
+@pytest.fixture(scope="module")
+def platform(start_platform: Callable[..., Platform], receiver: OtlpReceiver) -> Platform:
+    return start_platform(
+        ["consent"],
+        extra_env={"TAILOR_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
+    )
+
+
+def wait_for_spans(
+    receiver: OtlpReceiver, trace_id: str, done: Callable[[list[ReceivedSpan]], bool]
+) -> list[ReceivedSpan]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        spans = receiver.trace(trace_id)
+        if done(spans):
+            return spans
+        time.sleep(0.1)
+    raise AssertionError(f"trace incomplete: {[(s.service, s.name) for s in receiver.trace(trace_id)]}")
+
+
+def one(spans: list[ReceivedSpan], kind: int, name_part: str) -> ReceivedSpan:
+    matching = [span for span in spans if span.kind == kind and name_part in span.name]
+    assert len(matching) == 1, f"expected one {name_part} span of kind {kind}, got {matching}"
+    return matching[0]
+
+
+def test_set_consent_is_one_trace_across_grpc_database_outbox_and_bus(
+    platform: Platform, receiver: OtlpReceiver
+) -> None:
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    customer_id = f"traced-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(platform.address("consent")) as channel:
+        consent_pb2_grpc.ConsentServiceStub(channel).SetConsent(
+            pb.SetConsentRequest(
+                customer_id=customer_id,
+                purpose="marketing",
+                channel="email",
+                granted=True,
+                source="web",
+                request_id=uuid.uuid4().hex,
+            ),
+            metadata=(("traceparent", f"00-{trace_id}-{caller_span}-01"),),
+        )
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        kinds = {span.kind for span in spans}
+        return {Span.SPAN_KIND_SERVER, Span.SPAN_KIND_PRODUCER, Span.SPAN_KIND_CONSUMER} <= kinds
+
+    spans = wait_for_spans(receiver, trace_id, complete)
+    by_id = {span.span_id: span for span in spans}
+
+    server = one(spans, Span.SPAN_KIND_SERVER, "SetConsent")
+    assert server.service == "tailor-consent"
+    assert server.parent_span_id == caller_span  # continues the caller's trace
+
+    statements = [
+        span for span in spans if span.kind == Span.SPAN_KIND_CLIENT and span.parent_span_id == server.span_id
+    ]
+    assert statements, "database statements are traced as children of the RPC"
+
+    producer = one(spans, Span.SPAN_KIND_PRODUCER, "tailor.consent.changed")
+    assert producer.parent_span_id == server.span_id  # the outbox carried the RPC's context
+    consumer = one(spans, Span.SPAN_KIND_CONSUMER, "tailor.consent.changed")
+    assert consumer.parent_span_id == producer.span_id  # a child of the publish, not a new trace
+    assert all(span.parent_span_id in by_id or span.span_id == server.span_id for span in spans)
+
+
+def test_health_checks_are_not_traced(platform: Platform, receiver: OtlpReceiver) -> None:
+    time.sleep(0.5)
+    assert not [span for span in receiver.spans if "grpc.health" in span.name]

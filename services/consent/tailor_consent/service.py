@@ -34,15 +34,13 @@ class ConsentService:
     async def set_consent(self, record: ConsentRecord) -> tuple[ConsentRecord, bool]:
         """Apply a grant or withdrawal; returns the stored record and whether this call applied it.
         A retried request returns what the first one stored."""
+        previous = None
         async with self.db.transaction() as session:
-            previous = (await self.store.audited(session, [record.request_id])).get(record.request_id)
-            if previous is None:
-                new = await self.store.append_audit(session, [record], Cause.SET)
-                if record.request_id in new:
-                    await self.store.upsert_current(session, [record])
-                    await events.publish_changes(self.outbox, session, [record], Cause.SET)
-                else:  # a concurrent retry won the race
-                    previous = (await self.store.audited(session, [record.request_id]))[record.request_id]
+            if record.request_id in await self.store.append_audit(session, [record], Cause.SET):
+                await self.store.upsert_current(session, [record])
+                await events.publish_changes(self.outbox, session, [record], Cause.SET)
+            else:  # a retry: the audit log already holds this request
+                previous = (await self.store.audited(session, [record.request_id]))[record.request_id]
         if previous is not None:
             if not previous.same_content(record):
                 raise AlreadyExists(f"request_id {record.request_id!r} was already used for a different consent")

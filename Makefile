@@ -9,7 +9,7 @@ UV := $(shell command -v uv 2>/dev/null || echo tools/uv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: setup proto run test lint format bench bench-consent clean
+.PHONY: setup proto run test lint format bench helm helm-render image clean
 
 tools/uv/bin/uv:
 	$(PYTHON) -m venv tools/uv
@@ -33,11 +33,12 @@ run: setup  ## the whole platform on this machine, embedded PostgreSQL and NATS 
 test: setup  ## every test: unit, integration (real PostgreSQL and NATS), end to end, chart
 	$(BIN)/pytest $(ARGS)
 
-lint: setup  ## ruff, mypy, buf
+lint: setup helm  ## ruff, mypy, buf, helm
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/platform libs/cli services
+	$(BIN)/mypy libs/platform libs/cli services tests bench
 	cd protos && ../$(BIN)/buf lint
+	tools/bin/helm lint deploy/helm/tailor --strict
 
 format: setup
 	$(BIN)/ruff check --fix .
@@ -48,6 +49,18 @@ bench: setup  ## all benchmarks; figures to bench/results.json and bench/RESULTS
 
 bench-%: setup
 	$(BIN)/python -m bench $*
+
+helm: tools/bin/helm  ## a pinned helm binary in tools/bin (for chart tests and lint)
+
+tools/bin/helm:
+	deploy/helm/install-helm.sh
+
+helm-render: helm  ## re-render the chart examples after a chart change (reviewed in diffs)
+	deploy/helm/render-examples.sh
+
+SERVICE ?= consent
+image:  ## container image of one service: make image SERVICE=consent (needs a Docker engine)
+	docker build -f docker/Dockerfile --build-arg SERVICE=$(SERVICE) -t tailor-$(SERVICE) .
 
 clean:
 	rm -rf $(VENV) libs/proto/src tools .mypy_cache .ruff_cache .pytest_cache

@@ -74,7 +74,9 @@ def _status_table(platform: Platform) -> Table:
 
 
 @app.command()
-def serve(name: Annotated[str, typer.Argument(help="The service to run, e.g. consent.")]) -> None:
+def serve(
+    name: Annotated[str, typer.Argument(help="The service to run, e.g. consent.", envvar="TAILOR_SERVICE")],
+) -> None:
     """Run one service's gRPC server (what the container image runs)."""
     spec = registry.select(name)[name]
     asyncio.run(serve_service(spec))

@@ -1,0 +1,33 @@
+import pytest
+from tailor_platform.config import ServiceSettings, database_url_for
+
+
+class DemoSettings(ServiceSettings):
+    service_name = "demo"
+    default_port = 50999
+
+
+def test_service_database_is_derived_from_the_server_url() -> None:
+    assert (
+        database_url_for("postgresql://u:p@db:5432/postgres?sslmode=require", "consent")
+        == "postgresql+asyncpg://u:p@db:5432/tailor_consent?sslmode=require"
+    )
+    assert database_url_for("postgresql://postgres:@/postgres?host=/tmp/pg", "identity") == (
+        "postgresql+asyncpg://postgres:@/tailor_identity?host=/tmp/pg"
+    )
+
+
+def test_service_specific_variables_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAILOR_DATABASE_URL", "postgresql://u@server/postgres")
+    assert DemoSettings().service_database_url == "postgresql+asyncpg://u@server/tailor_demo"
+    assert DemoSettings().grpc_port == 50999
+    monkeypatch.setenv("TAILOR_DEMO_DATABASE_URL", "postgresql+asyncpg://u@elsewhere/demo")
+    monkeypatch.setenv("TAILOR_DEMO_GRPC_PORT", "6000")
+    settings = DemoSettings()
+    assert settings.service_database_url == "postgresql+asyncpg://u@elsewhere/demo"
+    assert settings.grpc_port == 6000
+
+
+def test_lists_come_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAILOR_CONSUMER_BACKOFF_S", "[0.5, 2]")
+    assert DemoSettings().consumer_backoff_s == [0.5, 2.0]

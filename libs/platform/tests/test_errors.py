@@ -1,0 +1,36 @@
+from google.rpc import error_details_pb2
+from tailor_platform.errors import FieldViolation, InvalidArgument
+from tailor_platform.validation import Validator
+
+
+def test_validator_collects_every_violation() -> None:
+    check = Validator(prefix="record.")
+    check.identifier("customer_id", "")
+    check.identifier("request_id", "x" * 300)
+    check.one_of("purpose", "nope", {"marketing"})
+    check.one_of("channel", "", {"email"}, optional=True)
+    assert [v.field for v in check.violations] == ["record.customer_id", "record.request_id", "record.purpose"]
+    try:
+        check.done()
+    except InvalidArgument as error:
+        assert "record.purpose" in error.message
+    else:
+        raise AssertionError("done() must raise")
+
+
+def test_invalid_argument_carries_bad_request_details() -> None:
+    status = InvalidArgument([FieldViolation("purpose", "unknown")]).to_status()
+    assert status.code == 3  # INVALID_ARGUMENT
+    detail = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(detail)
+    assert [(v.field, v.description) for v in detail.field_violations] == [("purpose", "unknown")]
+
+
+def test_identifiers_refuse_whitespace_and_control_characters() -> None:
+    for bad in ("a b", "tab\there", "new\nline", "ünïcode"):
+        check = Validator()
+        check.identifier("id", bad)
+        assert not check.ok, bad
+    check = Validator()
+    check.identifier("id", "cust-42:web@shop.example_1")
+    assert check.ok

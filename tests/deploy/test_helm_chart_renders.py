@@ -1,0 +1,139 @@
+"""The chart lints and renders with its default values and every example, and every rendered
+manifest is valid against the Kubernetes 1.30 and latest OpenAPI schemas (strict: no unknown fields)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "tailor"
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+VALUE_SETS = [pytest.param(None, id="default-values")] + [pytest.param(path, id=path.stem) for path in EXAMPLES]
+KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.latest_version()]
+
+
+def test_examples_include_minimal_and_full() -> None:
+    assert {"minimal", "full"} <= {path.stem for path in EXAMPLES}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_helm_lint_passes(helm: Path, values: Path | None) -> None:
+    cmd = [str(helm), "lint", str(CHART), "--strict", "--kube-version", "1.30.0"]
+    if values:
+        cmd += ["--values", str(values)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_rendered_manifests_are_valid_kubernetes(helm_template: Any, values: Path | None) -> None:
+    manifests = helm_template(*([values] if values else [])).manifests
+    assert manifests, "nothing rendered"
+    errors = []
+    for manifest in manifests:
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(manifest, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                path = ".".join(str(p) for p in error.path)
+                errors.append(f"{manifest['kind']}/{manifest['metadata']['name']} ({version}) {path}: {error.message}")
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_every_resource_has_standard_labels_and_namespace(helm_template: Any, values: Path | None) -> None:
+    for manifest in helm_template(*([values] if values else [])).manifests:
+        labels = manifest["metadata"]["labels"]
+        name = f"{manifest['kind']}/{manifest['metadata']['name']}"
+        assert labels["app.kubernetes.io/name"] == "tailor", name
+        assert labels["app.kubernetes.io/instance"] == "tailor", name
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", name
+        assert labels["app.kubernetes.io/version"] == "0.1.0", name
+        assert labels["helm.sh/chart"] == "tailor-0.1.0", name
+        assert manifest["metadata"]["namespace"] == "tailor", name
+
+
+def test_default_values_deploy_consent_only(default_manifests: Any) -> None:
+    assert set(default_manifests.kind("Deployment")) == {"tailor-consent"}
+    for kind in ("Service", "ConfigMap"):
+        assert set(default_manifests.kind(kind)) == {"tailor-consent"}, kind
+    assert set(default_manifests.kind("ServiceAccount", hooks=False)) == {"tailor-consent"}
+
+
+def test_full_example_deploys_all_six_services_with_every_optional_resource(full_manifests: Any) -> None:
+    services = {"identity", "profile", "segmentation", "scoring", "offer", "consent"}
+    expected = {f"tailor-{name}" for name in services}
+    for kind in ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget"):
+        assert set(full_manifests.kind(kind)) == expected, kind
+    assert set(full_manifests.kind("ServiceAccount", hooks=False)) == expected
+    # consent overrides the default and turns autoscaling off; it keeps a fixed replica count.
+    assert set(full_manifests.kind("HorizontalPodAutoscaler")) == expected - {"tailor-consent"}
+    assert full_manifests.one("Deployment", "tailor-consent")["spec"]["replicas"] == 4
+    assert "replicas" not in full_manifests.one("Deployment", "tailor-offer")["spec"]
+    for deployment in full_manifests.kind("Deployment").values():
+        assert deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+
+def test_enabling_a_service_is_one_flag(helm_template: Any) -> None:
+    manifests = helm_template(set_values={"services.identity.enabled": "true"}).manifests
+    assert set(manifests.kind("Deployment")) == {"tailor-consent", "tailor-identity"}
+    identity = manifests.one("Deployment", "tailor-identity")
+    container = identity["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/tailor-crm/tailor-identity:0.1.0"
+    assert container["args"] == ["serve", "identity"]
+    assert set(manifests.kind("Job")) == {"tailor-streams", "tailor-consent-migrate", "tailor-identity-migrate"}
+
+
+def test_service_exposes_grpc_with_app_protocol(full_manifests: Any) -> None:
+    for name, service in full_manifests.kind("Service").items():
+        assert service["spec"]["ports"] == [
+            {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+        ], name
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == name.removeprefix("tailor-")
+
+
+def test_image_defaults_to_app_version_and_honours_tag_and_digest(default_manifests: Any, full_manifests: Any) -> None:
+    image = default_manifests.one("Deployment", "tailor-consent")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "ghcr.io/tailor-crm/tailor-consent:0.1.0"
+    pinned = full_manifests.one("Deployment", "tailor-consent")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert pinned == "ghcr.io/tailor-crm/tailor-consent:0.1.0@sha256:" + "0" * 64
+
+
+def test_service_values_override_defaults_deeply(full_manifests: Any) -> None:
+    profile = full_manifests.one("Deployment", "tailor-profile")["spec"]["template"]["spec"]["containers"][0]
+    # profile overrides only the memory limit; the rest of `default.resources` stays.
+    assert profile["resources"] == {
+        "requests": {"cpu": "250m", "memory": "384Mi"},
+        "limits": {"cpu": "2", "memory": "1Gi"},
+    }
+    scoring_hpa = full_manifests.one("HorizontalPodAutoscaler", "tailor-scoring")
+    assert [m["resource"]["name"] for m in scoring_hpa["spec"]["metrics"]] == ["memory"]
+    assert full_manifests.one("HorizontalPodAutoscaler", "tailor-profile")["spec"]["maxReplicas"] == 20
+    assert full_manifests.one("PodDisruptionBudget", "tailor-offer")["spec"] == {
+        "minAvailable": "50%",
+        "selector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "tailor",
+                "app.kubernetes.io/instance": "tailor",
+                "app.kubernetes.io/component": "offer",
+            }
+        },
+    }
+
+
+def test_telemetry_settings_come_from_values(full_manifests: Any) -> None:
+    consent = full_manifests.one("ConfigMap", "tailor-consent")["data"]
+    assert consent["TAILOR_OTLP_ENDPOINT"] == "http://otel-collector.observability.svc:4317"
+    assert consent["OTEL_SERVICE_NAME"] == "tailor-consent-api"
+    attributes = dict(pair.split("=", 1) for pair in consent["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+    assert attributes["deployment.environment"] == "production"
+    assert attributes["tailor.tier"] == "critical"
+    assert attributes["k8s.namespace.name"] == "tailor"
+    assert full_manifests.one("ConfigMap", "tailor-offer")["data"]["OTEL_SERVICE_NAME"] == "tailor-offer"
+    assert consent["TAILOR_GRPC_PORT"] == "50051"
+    assert consent["TAILOR_LOG_FORMAT"] == "json"

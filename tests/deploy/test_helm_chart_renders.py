@@ -137,3 +137,15 @@ def test_telemetry_settings_come_from_values(full_manifests: Any) -> None:
     assert full_manifests.one("ConfigMap", "tailor-offer")["data"]["OTEL_SERVICE_NAME"] == "tailor-offer"
     assert consent["TAILOR_GRPC_PORT"] == "50051"
     assert consent["TAILOR_LOG_FORMAT"] == "json"
+
+
+def test_each_service_is_told_where_its_callees_are(full_manifests: Any) -> None:
+    config = full_manifests.one("ConfigMap", "tailor-offer")["data"]
+    addresses = {key: value for key, value in config.items() if key.endswith("_ADDRESS")}
+    assert addresses == {
+        "TAILOR_CONSENT_ADDRESS": "tailor-consent:50051",
+        "TAILOR_PROFILE_ADDRESS": "tailor-profile:50051",
+        "TAILOR_SCORING_ADDRESS": "tailor-scoring:50051",
+        "TAILOR_SEGMENTATION_ADDRESS": "tailor-segmentation:50051",
+    }
+    assert not [key for key in full_manifests.one("ConfigMap", "tailor-consent")["data"] if key.endswith("_ADDRESS")]

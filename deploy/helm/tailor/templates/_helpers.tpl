@@ -246,6 +246,11 @@ knows (namespace, version), as sorted key=value pairs. Argument: (dict "root" $ 
   "OTEL_SERVICE_NAME" ($telemetry.serviceName | default (printf "%s%s" .root.Values.telemetry.serviceNamePrefix $svc.name))
   "OTEL_RESOURCE_ATTRIBUTES" (include "tailor.resourceAttributes" (dict "root" .root "attributes" ($telemetry.resourceAttributes | default dict)))
 -}}
+{{- /* Where each service it calls is reached: TAILOR_<CALLEE>_ADDRESS=host:port. */ -}}
+{{- range $callee := $svc.calls | default list -}}
+{{- $calleeService := include "tailor.service" (dict "root" $.root "name" $callee) | fromYaml -}}
+{{- $_ := set $data (printf "TAILOR_%s_ADDRESS" (upper $callee)) (printf "%s:%v" $calleeService.fullname $calleeService.service.port) -}}
+{{- end -}}
 {{- range $key, $value := $svc.env -}}
 {{- $_ := set $data $key (toString $value) -}}
 {{- end -}}

@@ -15,6 +15,7 @@ from rich.table import Table
 from tailor_platform.bus.streams import ensure_streams
 from tailor_platform.config import PlatformSettings
 from tailor_platform.db import migrate as migrate_database
+from tailor_platform.service import ServiceSpec
 from tailor_platform.service import serve as serve_service
 
 from tailor_cli import registry
@@ -22,6 +23,13 @@ from tailor_cli.launcher import Platform, health_status
 
 app = typer.Typer(help="Tailor: hyper-personalization CRM platform.", no_args_is_help=True)
 console = Console()
+
+
+def _select(names: str | None) -> dict[str, ServiceSpec]:
+    try:
+        return registry.select(names)
+    except registry.UnknownService as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 @app.command()
@@ -32,6 +40,7 @@ def up(
     services: Annotated[str | None, typer.Option(help="Comma-separated subset, e.g. consent,identity.")] = None,
 ) -> None:
     """Run the whole platform in the foreground; Ctrl-C or SIGTERM stops everything cleanly."""
+    _select(services)  # a misspelt name fails here, before anything starts
     platform = Platform(data_dir, services=services.split(",") if services else None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -78,7 +87,7 @@ def serve(
     name: Annotated[str, typer.Argument(help="The service to run, e.g. consent.", envvar="TAILOR_SERVICE")],
 ) -> None:
     """Run one service's gRPC server (what the container image runs)."""
-    spec = registry.select(name)[name]
+    spec = _select(name)[name]
     asyncio.run(serve_service(spec))
 
 
@@ -87,7 +96,7 @@ def migrate(
     names: Annotated[list[str] | None, typer.Argument(help="Services to migrate (default: all).")] = None,
 ) -> None:
     """Apply each service's database migrations to the database its settings name (idempotent)."""
-    specs = registry.select(",".join(names) if names else None)
+    specs = _select(",".join(names) if names else None)
     for name, spec in specs.items():
         settings = spec.settings()
         migrate_database(spec.migrations_dir, settings.service_database_url)

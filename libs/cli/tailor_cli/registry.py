@@ -11,6 +11,10 @@ from tailor_platform.service import ServiceSpec
 ORDER = ("consent", "identity", "profile", "segmentation", "scoring", "offer")
 
 
+class UnknownService(LookupError):
+    pass
+
+
 def _rank(name: str) -> tuple[int, str]:
     return (ORDER.index(name) if name in ORDER else len(ORDER), name)
 
@@ -32,7 +36,7 @@ def select(names: str | None = None) -> dict[str, ServiceSpec]:
     wanted = [name.strip() for name in names.split(",") if name.strip()] if names else list(entries)
     unknown = [name for name in wanted if name not in entries]
     if unknown:
-        raise KeyError(f"unknown service(s): {', '.join(unknown)}; available: {', '.join(service_names())}")
+        raise UnknownService(f"unknown service(s): {', '.join(unknown)}; available: {', '.join(service_names())}")
     return {name: _load(entries[name]) for name in sorted(set(wanted), key=_rank)}
 
 

@@ -1,0 +1,70 @@
+"""The `tailor` command as a user (or a Helm hook job) runs it: a real process, real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import asyncpg
+import nats
+from tailor_cli.embedded import free_port
+from tailor_cli.launcher import ensure_databases
+from tailor_cli.testing import Infra
+from tailor_platform.config import database_url_for
+
+
+def tailor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tailor_cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_streams_provisions_every_stream_idempotently(infra: Infra) -> None:
+    for _ in range(2):
+        result = tailor("streams", TAILOR_NATS_URL=infra.nats_url)
+        assert result.returncode == 0, result.stderr
+
+    async def names() -> set[str]:
+        connection = await nats.connect(infra.nats_url)
+        try:
+            return {info.config.name for info in await connection.jetstream().streams_info() if info.config.name}
+        finally:
+            await connection.close()
+
+    assert {"TAILOR_CONSENT", "TAILOR_IDENTITY", "TAILOR_DLQ", "TAILOR_INGEST"} <= asyncio.run(names())
+
+
+def test_migrate_is_idempotent(infra: Infra) -> None:
+    asyncio.run(ensure_databases(infra.server_url, ["cli_migrate"]))
+    url = database_url_for(infra.server_url, "cli_migrate")
+    for _ in range(2):
+        result = tailor("migrate", "consent", TAILOR_CONSENT_DATABASE_URL=url)
+        assert result.returncode == 0, result.stderr
+
+    async def tables() -> set[str]:
+        connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            return {row["tablename"] for row in rows}
+        finally:
+            await connection.close()
+
+    assert {"consent", "consent_audit", "outbox", "processed_message", "alembic_version"} <= asyncio.run(tables())
+
+
+def test_health_fails_for_an_address_where_nothing_listens() -> None:
+    result = tailor("health", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "UNREACHABLE" in result.stdout
+
+
+def test_unknown_service_is_a_clear_error() -> None:
+    result = tailor("migrate", "billing")
+    assert result.returncode != 0
+    assert "unknown service(s): billing" in result.stderr + result.stdout

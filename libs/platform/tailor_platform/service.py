@@ -37,7 +37,7 @@ from tailor_platform.bus.outbox import Outbox
 from tailor_platform.bus.streams import ensure_streams
 from tailor_platform.config import ServiceSettings
 from tailor_platform.db import Database
-from tailor_platform.interceptors import AuthInterceptor, ErrorInterceptor
+from tailor_platform.interceptors import CallGuard
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ class ServiceProcess:
         server = self.server = grpc.aio.server(
             interceptors=[
                 telemetry.server_interceptor(),
-                ErrorInterceptor(),
-                AuthInterceptor(authenticator_for(self.settings.auth_mode)),
+                CallGuard(authenticator_for(self.settings.auth_mode)),
             ],
             options=[("grpc.so_reuseport", 0)],
         )

@@ -45,8 +45,8 @@ AUTH = (("authorization", "Bearer letmein"),)
 
 
 async def call(channel: grpc.aio.Channel, text: bytes, metadata: tuple[tuple[str, str], ...] = AUTH) -> bytes:
-    result: bytes = await channel.unary_unary("/test.Echo/Say")(text, metadata=metadata)
-    return result
+    say: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/test.Echo/Say")
+    return await say(text, metadata=metadata)
 
 
 async def test_calls_pass_through(channel: grpc.aio.Channel) -> None:

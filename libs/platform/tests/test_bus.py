@@ -235,3 +235,32 @@ async def test_published_messages_survive_a_nats_restart(db: Database, tmp_path:
         await connection.close()
     finally:
         server.stop()
+
+
+async def test_batched_subscription_applies_a_batch_at_once_and_isolates_a_bad_message(db: Database, nc: NATS) -> None:
+    event_type, subject = unique_subject()
+    service = f"bustest{uuid.uuid4().hex[:6]}"
+    js = nc.jetstream()
+    batches: list[int] = []
+
+    async def record_all(session: AsyncSession, envelopes: list[Envelope]) -> None:
+        batches.append(len(envelopes))
+        for envelope in envelopes:
+            if envelope.customer_id == "poison":
+                raise ValueError("this one can never be applied")
+            await record_effect(session, envelope)
+
+    envelopes = [new_envelope(event_type, "bus-test", changed(f"b{n}"), customer_id=f"b{n}") for n in range(40)]
+    envelopes.insert(20, new_envelope(event_type, "bus-test", changed("poison"), customer_id="poison"))
+    for envelope in envelopes:
+        await js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+    # and one envelope twice, under another message id
+    await js.publish(subject, envelopes[0].SerializeToString(), headers={"Nats-Msg-Id": "again"})
+
+    policy = ConsumerPolicy(batch_size=100, max_deliver=2, backoff_s=(0.1,))
+    consumer = Consumer(service, Subscription.batched("batched", subject, record_all), db, policy)
+    await run_until(consumer, js, condition=lambda: consumer.handled == 40 and consumer.dead_lettered == 1)
+    assert max(batches) > 1  # messages were applied in batches
+    for number in range(40):
+        assert await count_effects(db, f"b{number}") == 1
+    assert await count_effects(db, "poison") == 0

@@ -21,7 +21,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
@@ -35,15 +36,28 @@ from tailor_platform.db import Database
 log = logging.getLogger(__name__)
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+BatchHandler = Callable[[AsyncSession, list[Envelope]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class Subscription:
-    """`name` becomes the durable consumer `<service>-<name>`, shared by every replica."""
+    """`name` becomes the durable consumer `<service>-<name>`, shared by every replica.
+
+    With a `batch_handler`, every fetched batch is applied in one transaction (one round of
+    statements for many messages, e.g. ingestion). If the batch fails, its messages are retried
+    one by one, so a single bad message is isolated, retried and dead-lettered alone."""
 
     name: str
     subject: str
     handler: Handler
+    batch_handler: BatchHandler | None = None
+
+    @classmethod
+    def batched(cls, name: str, subject: str, batch_handler: BatchHandler) -> Subscription:
+        async def one(session: AsyncSession, envelope: Envelope) -> None:
+            await batch_handler(session, [envelope])
+
+        return cls(name, subject, one, batch_handler)
 
 
 @dataclass(frozen=True)
@@ -124,8 +138,11 @@ class Consumer:
                     log.exception("fetch from %s failed; retrying", self.durable)
                     await asyncio.sleep(1.0)
                     continue
-                for message in messages:
-                    await self.handle(js, message)
+                if self.subscription.batch_handler is not None and len(messages) > 1:
+                    await self.handle_batch(js, messages)
+                else:
+                    for message in messages:
+                        await self.handle(js, message)
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -170,6 +187,66 @@ class Consumer:
         else:
             self.duplicates += 1
         await message.ack()
+
+    async def handle_batch(self, js: JetStreamContext, messages: list[Msg]) -> None:
+        assert self.subscription.batch_handler is not None
+        decoded: list[tuple[Msg, Envelope]] = []
+        for message in messages:
+            try:
+                envelope = Envelope.FromString(message.data)
+                if not envelope.id:
+                    raise PoisonMessage("envelope has no id")
+                decoded.append((message, envelope))
+            except (DecodeError, PoisonMessage) as error:
+                await self._dead_letter(js, message, f"undecodable: {error}")
+        if not decoded:
+            return
+        # One span for the batch, linked to each producer's span (a batch has many parents).
+        links = [
+            Link(trace.get_current_span(telemetry.extract_context(m.headers)).get_span_context()) for m, _ in decoded
+        ]
+        with telemetry.tracer().start_as_current_span(
+            f"{self.subscription.subject} process",
+            kind=SpanKind.CONSUMER,
+            links=[link for link in links if link.context.is_valid],
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": self.subscription.subject,
+                "messaging.consumer.group.name": self.durable,
+                "messaging.batch.message_count": len(decoded),
+                "messaging.operation.type": "process",
+            },
+        ) as span:
+            try:
+                applied = await self._apply_batch_once([envelope for _, envelope in decoded])
+            except Exception as error:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                log.warning("batch of %d from %s failed (%s); retrying one by one", len(decoded), self.durable, error)
+                for message, _ in decoded:
+                    await self.handle(js, message)
+                return
+        self.handled += applied
+        self.duplicates += len(decoded) - applied
+        await asyncio.gather(*(message.ack() for message, _ in decoded))
+
+    async def _apply_batch_once(self, envelopes: list[Envelope]) -> int:
+        """Run the batch handler on the envelopes not applied before, recording them, in one
+        transaction; returns how many were new."""
+        assert self.subscription.batch_handler is not None
+        async with self.db.transaction() as session:
+            unique = list({envelope.id: envelope for envelope in envelopes}.values())
+            first_time = await session.scalars(
+                insert(processed_message)
+                .values([{"consumer": self.durable, "envelope_id": envelope.id} for envelope in unique])
+                .on_conflict_do_nothing()
+                .returning(processed_message.c.envelope_id)
+            )
+            new_ids = set(first_time)
+            fresh = [envelope for envelope in unique if envelope.id in new_ids]
+            if fresh:
+                await self.subscription.batch_handler(session, fresh)
+        return len(fresh)
 
     async def _apply_once(self, envelope: Envelope) -> bool:
         """Run the handler unless this envelope was already applied; both in one transaction."""

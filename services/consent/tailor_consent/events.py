@@ -15,7 +15,7 @@ from tailor.events.v1.consent_pb2 import ConsentChanged
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.events.v1.identity_pb2 import IdentityMerged
 from tailor_platform.bus.consumer import Subscription
-from tailor_platform.bus.envelope import PoisonMessage, unpack
+from tailor_platform.bus.envelope import PoisonMessage, new_envelope, unpack
 from tailor_platform.bus.listener import Listener
 from tailor_platform.bus.outbox import Outbox
 
@@ -48,14 +48,17 @@ def consent_changed(record: ConsentRecord, cause: Cause) -> ConsentChanged:
 async def publish_changes(
     outbox: Outbox, session: AsyncSession, records: Sequence[ConsentRecord], cause: Cause
 ) -> None:
-    for record in records:
-        await outbox.add(
-            session,
+    envelopes = [
+        new_envelope(
             CONSENT_CHANGED,
+            outbox.source,
             consent_changed(record, cause),
             customer_id=record.customer_id,
             time=record.updated_at,
         )
+        for record in records
+    ]
+    await outbox.add_many(session, envelopes)
 
 
 def identity_merged_subscription(service: ConsentService) -> Subscription:

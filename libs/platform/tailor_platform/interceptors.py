@@ -1,8 +1,10 @@
-"""The server interceptor every service installs: authentication and error mapping.
+"""The server interceptor every service installs: a server span, authentication, error mapping.
 
 grpc.aio interceptors see only the handler, so the guard wraps each method's behaviour (for all
 four call shapes) once, and reuses the wrapped handler on every later call of that method: the
-hot paths pay for one extra coroutine frame, not for rebuilding handlers per call.
+hot paths pay for one extra coroutine frame, not for rebuilding handlers per call. The span is
+made here too rather than by opentelemetry-instrumentation-grpc's aio interceptor, which costs
+about 250 µs of CPU per call (measured), more than a cached CheckConsent itself.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
+from opentelemetry import propagate
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from tailor_platform import telemetry
 from tailor_platform.auth import Authenticator
 from tailor_platform.errors import TailorError
 
@@ -23,8 +28,51 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 
-# Probes and tooling must work without credentials.
+# Probes and tooling must work without credentials, and would drown the traces.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class _Call:
+    """What one guarded call does around the servicer: span, authentication, status mapping."""
+
+    def __init__(self, method: str, authenticator: Authenticator) -> None:
+        self.method = method
+        self.open = method.startswith(OPEN_METHOD_PREFIXES)
+        self.authenticator = authenticator
+        service, _, name = method.lstrip("/").partition("/")
+        self.span_name = f"{service}/{name}"
+        self.attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+    def start_span(self, context: Context) -> Span | None:
+        if self.open:
+            return None
+        metadata = context.invocation_metadata() or ()
+        parent = propagate.extract({key: value for key, value in metadata if isinstance(value, str)})
+        return telemetry.tracer().start_span(
+            self.span_name, context=parent, kind=SpanKind.SERVER, attributes=self.attributes
+        )
+
+    def authenticate(self, context: Context) -> None:
+        if not self.open:
+            metadata = {key: value for key, value in context.invocation_metadata() or ()}
+            self.authenticator.authenticate(self.method, metadata)
+
+    @staticmethod
+    def finish(span: Span | None, code: grpc.StatusCode) -> None:
+        if span is None:
+            return
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code not in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        span.end()
+
+
+def _code_of(error: Exception, context: Context) -> grpc.StatusCode:
+    if isinstance(error, TailorError):
+        return error.code
+    if isinstance(error, grpc.aio.AbortError):
+        return context.code() or grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.INTERNAL
 
 
 async def abort_with(context: Context, error: Exception) -> None:
@@ -61,38 +109,43 @@ class CallGuard(grpc.aio.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _check(self, method: str, context: Context) -> None:
-        metadata = {key: value for key, value in context.invocation_metadata() or ()}
-        self.authenticator.authenticate(method, metadata)
-
     def _wrap(self, method: str, handler: Handler) -> Handler:
-        open_method = method.startswith(OPEN_METHOD_PREFIXES)
-        check = self._check
+        call = _Call(method, self.authenticator)
 
         def unary(behaviour: Behaviour) -> Behaviour:
             async def guarded(request: Any, context: Context) -> Any:
+                span = call.start_span(context)
+                code = grpc.StatusCode.OK
                 try:
-                    if not open_method:
-                        check(method, context)
-                    return await behaviour(request, context)
-                except grpc.aio.AbortError:
-                    raise
+                    with telemetry.use_span(span):
+                        call.authenticate(context)
+                        return await behaviour(request, context)
                 except Exception as error:
+                    code = _code_of(error, context)
+                    if isinstance(error, grpc.aio.AbortError):
+                        raise
                     await abort_with(context, error)
+                finally:
+                    call.finish(span, code)
 
             return guarded
 
         def streaming(behaviour: Behaviour) -> Behaviour:
             async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+                span = call.start_span(context)
+                code = grpc.StatusCode.OK
                 try:
-                    if not open_method:
-                        check(method, context)
-                    async for response in behaviour(request, context):
-                        yield response
-                except grpc.aio.AbortError:
-                    raise
+                    with telemetry.use_span(span):
+                        call.authenticate(context)
+                        async for response in behaviour(request, context):
+                            yield response
                 except Exception as error:
+                    code = _code_of(error, context)
+                    if isinstance(error, grpc.aio.AbortError):
+                        raise
                     await abort_with(context, error)
+                finally:
+                    call.finish(span, code)
 
             return guarded
 

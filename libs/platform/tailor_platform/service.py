@@ -105,10 +105,7 @@ class ServiceProcess:
 
     async def start(self) -> None:
         server = self.server = grpc.aio.server(
-            interceptors=[
-                telemetry.server_interceptor(),
-                CallGuard(authenticator_for(self.settings.auth_mode)),
-            ],
+            interceptors=[CallGuard(authenticator_for(self.settings.auth_mode))],
             options=[("grpc.so_reuseport", 0)],
         )
         self.components.register(server)

@@ -8,17 +8,18 @@ because nats-py has no instrumentation of its own).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from opentelemetry import context, propagate, trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, filters
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -63,11 +64,17 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer("tailor")
 
 
-def server_interceptor() -> grpc.aio.ServerInterceptor:
-    """Server spans for every RPC except health checks (probes would drown the traces)."""
-    no_health = filters.negate(filters.health_check())
-    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(filter_=no_health)  # type: ignore[no-untyped-call]
-    return interceptor
+@contextlib.contextmanager
+def use_span(span: trace.Span | None) -> Iterator[None]:
+    """Make `span` current (ended by the caller); nothing when there is none."""
+    if span is None:
+        yield
+        return
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:

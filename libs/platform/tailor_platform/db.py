@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
@@ -33,7 +34,13 @@ class Database:
             raise ValueError("no database URL configured (TAILOR_<SERVICE>_DATABASE_URL or TAILOR_DATABASE_URL)")
         self.url = url
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            # One short round trip per transaction buys that no caller sees an error for a
+            # connection the database dropped (a restart, a failover).
+            pool_pre_ping=True,
+            echo=echo,
         )
         # A Session subclass of our own, so that session events (the outbox's after-commit wake-up)
         # apply to this database's sessions only.
@@ -59,6 +66,21 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session, inside the session's transaction: for set-based
+    statements (unnest of arrays, COPY) that SQLAlchemy would send row by row.
+
+    SQLAlchemy's asyncpg adapter opens the database transaction lazily, with its first statement;
+    a statement sent straight to the driver before that would run (and commit) on its own, so the
+    transaction is opened through SQLAlchemy first when it is not open yet."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+    if not driver.is_in_transaction():
+        await session.execute(text("SELECT 1"))
+    return driver
 
 
 def alembic_config(migrations_dir: Path, url: str) -> Config:

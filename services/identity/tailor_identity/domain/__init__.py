@@ -1,0 +1,1 @@
+"""Identity domain logic: pure functions and data, no I/O (normalization, keys, rules, matching)."""

@@ -1,0 +1,146 @@
+"""Normalization: the same identifier written differently must give the same key.
+
+Emails: case, whitespace, and per-provider rules (dots and +tags ignored by e.g. Gmail). Phones:
+E.164 via `phonenumbers`. Names and addresses: case, accents, punctuation, common abbreviations.
+Every function raises `ValueError` with a message safe to show (it never echoes the value).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+import phonenumbers
+
+from tailor_identity.domain.model import IdType
+
+MAX_VALUE_LENGTH = 256
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_OPAQUE = re.compile(r"^[\w.:@/+=\-]{1,200}$")
+_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+_DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
+
+ADDRESS_ABBREVIATIONS = {
+    "st": "street",
+    "str": "street",
+    "rd": "road",
+    "ave": "avenue",
+    "av": "avenue",
+    "dr": "drive",
+    "ln": "lane",
+    "pl": "place",
+    "ct": "court",
+    "cres": "crescent",
+    "cr": "crescent",
+    "hwy": "highway",
+    "pde": "parade",
+    "tce": "terrace",
+    "blvd": "boulevard",
+    "sq": "square",
+    "apt": "apartment",
+    "mt": "mount",
+    "nth": "north",
+    "sth": "south",
+}
+
+
+@dataclass(frozen=True)
+class EmailRules:
+    """Provider rules: for these domains, dots in the local part are ignored / +tags are dropped;
+    `aliases` maps a domain to its canonical one (googlemail.com -> gmail.com)."""
+
+    ignore_dots: frozenset[str] = frozenset({"gmail.com"})
+    strip_plus_tags: frozenset[str] = frozenset({"gmail.com", "outlook.com", "hotmail.com", "icloud.com"})
+    aliases: Mapping[str, str] = field(default_factory=lambda: {"googlemail.com": "gmail.com"})
+
+    @classmethod
+    def of(cls, ignore_dots: Collection[str], strip_plus_tags: Collection[str]) -> EmailRules:
+        return cls(frozenset(d.lower() for d in ignore_dots), frozenset(d.lower() for d in strip_plus_tags))
+
+
+def normalize_email(raw: str, rules: EmailRules = EmailRules()) -> str:
+    value = raw.strip().lower()
+    if not _EMAIL.match(value):
+        raise ValueError("is not a valid email address")
+    local, domain = value.rsplit("@", 1)
+    domain = rules.aliases.get(domain, domain)
+    if domain in rules.strip_plus_tags:
+        local = local.split("+", 1)[0]
+    if domain in rules.ignore_dots:
+        local = local.replace(".", "")
+    if not local:
+        raise ValueError("is not a valid email address")
+    return f"{local}@{domain}"
+
+
+@functools.lru_cache(maxsize=65536)
+def normalize_phone(raw: str, default_region: str = "US") -> str:
+    """E.164; numbers without a country code are read in `default_region`."""
+    try:
+        number = phonenumbers.parse(raw, default_region)
+    except phonenumbers.NumberParseException:
+        raise ValueError("is not a parseable phone number") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError("is not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_opaque(raw: str) -> str:
+    """Loyalty ids, POS numbers, device ids, external ids: trimmed, case kept (they are opaque)."""
+    value = raw.strip()
+    if not _OPAQUE.match(value):
+        raise ValueError("must be 1-200 characters: letters, digits and . _ : @ / + = -")
+    return value
+
+
+def normalize_identifier(
+    id_type: str, raw: str, namespace: str, *, email_rules: EmailRules = EmailRules(), phone_region: str = "US"
+) -> tuple[str, str]:
+    """(normalized value, normalized namespace); ValueError naming what is wrong."""
+    if not raw.strip():
+        raise ValueError("value is required")
+    if len(raw) > MAX_VALUE_LENGTH:
+        raise ValueError(f"value must be at most {MAX_VALUE_LENGTH} characters")
+    if id_type == IdType.EXTERNAL:
+        space = namespace.strip().lower()
+        if not _NAMESPACE.match(space):
+            raise ValueError("namespace is required for external ids (lowercase letters, digits, _ . -)")
+        return normalize_opaque(raw), space
+    if namespace:
+        raise ValueError(f"namespace is only allowed for external ids, not {id_type}")
+    if id_type == IdType.EMAIL:
+        return normalize_email(raw, email_rules), ""
+    if id_type == IdType.PHONE:
+        return normalize_phone(raw, phone_region), ""
+    return normalize_opaque(raw), ""
+
+
+def fold(text: str) -> str:
+    """Lowercase ASCII letters/digits and single spaces: accents and punctuation removed."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    ascii_only = decomposed.encode("ascii", "ignore").decode("ascii").lower()
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", ascii_only).split())
+
+
+def normalize_name(raw: str) -> str:
+    return fold(raw)
+
+
+def normalize_address(raw: str) -> str:
+    return " ".join(ADDRESS_ABBREVIATIONS.get(token, token) for token in fold(raw).split())
+
+
+def normalize_postcode(raw: str) -> str:
+    return fold(raw).replace(" ", "")
+
+
+def normalize_date(raw: str) -> str:
+    """YYYYMMDD; ValueError unless it is YYYY-MM-DD or YYYYMMDD. Month and day are deliberately not
+    checked against the calendar: a mistyped 19450493 is still strong evidence for matching."""
+    match = _DATE.match(raw.strip())
+    if not match:
+        raise ValueError("must be YYYY-MM-DD or YYYYMMDD")
+    return "".join(match.groups())

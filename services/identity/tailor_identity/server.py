@@ -1,0 +1,82 @@
+"""Identity service bootstrap: settings and the parts `tailor serve identity` assembles.
+
+Keys: `TAILOR_IDENTITY_ENCRYPTION_KEY` (base64 of 32 bytes; its id `TAILOR_IDENTITY_ENCRYPTION_KEY_ID`),
+`TAILOR_IDENTITY_OLD_ENCRYPTION_KEYS` ('{"1": "<base64>"}': keys still needed to read rows written
+before a rotation; `ReKey` re-encrypts those rows, after which the old key can go) and
+`TAILOR_IDENTITY_BLIND_INDEX_KEY`. Without them the service runs with a built-in development key
+and says so loudly in its log: that key is public, so real deployments must set their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+from tailor.identity.v1 import identity_pb2, identity_pb2_grpc
+from tailor_platform.config import ServiceSettings
+from tailor_platform.service import Components, Runtime, ServiceSpec
+
+from tailor_identity.api import IdentityApi
+from tailor_identity.domain.crypto import Keyring, decode_key, dev_key
+from tailor_identity.domain.keys import KeyMaker
+from tailor_identity.domain.matching import Thresholds
+from tailor_identity.domain.model import DEFAULT_LIMITS
+from tailor_identity.domain.normalize import EmailRules
+from tailor_identity.service import IdentityService
+
+log = logging.getLogger(__name__)
+
+
+class IdentitySettings(ServiceSettings):
+    service_name: ClassVar[str] = "identity"
+    default_port: ClassVar[int] = 50051
+
+    identity_encryption_key: str = Field(default="", repr=False)
+    identity_encryption_key_id: int = Field(default=1, ge=1)
+    identity_old_encryption_keys: dict[int, str] = Field(default_factory=dict, repr=False)
+    identity_blind_index_key: str = Field(default="", repr=False)
+    identity_phone_region: str = "US"
+    identity_email_ignore_dots: list[str] = Field(default=sorted(EmailRules().ignore_dots))
+    identity_email_strip_plus_tags: list[str] = Field(default=sorted(EmailRules().strip_plus_tags))
+    identity_limits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    # Match probability thresholds (Fellegi-Sunter posterior): link automatically / queue for review.
+    identity_auto_merge_probability: float = Field(default=Thresholds().auto_merge, gt=0, le=1)
+    identity_review_probability: float = Field(default=Thresholds().review, gt=0, le=1)
+
+    def keyring(self) -> Keyring:
+        if self.identity_encryption_key and self.identity_blind_index_key:
+            keys = {int(k): decode_key(v) for k, v in self.identity_old_encryption_keys.items()}
+            keys[self.identity_encryption_key_id] = decode_key(self.identity_encryption_key)
+            return Keyring(keys, self.identity_encryption_key_id, decode_key(self.identity_blind_index_key))
+        log.warning(
+            "IDENTITY IS USING THE BUILT-IN DEVELOPMENT KEYS: stored identifiers are NOT protected. "
+            "Set TAILOR_IDENTITY_ENCRYPTION_KEY and TAILOR_IDENTITY_BLIND_INDEX_KEY (base64, 32 bytes)."
+        )
+        return Keyring({1: dev_key("encryption")}, 1, dev_key("blind-index"))
+
+    def key_maker(self) -> KeyMaker:
+        rules = EmailRules.of(self.identity_email_ignore_dots, self.identity_email_strip_plus_tags)
+        return KeyMaker(self.keyring(), rules, self.identity_phone_region)
+
+
+def build(runtime: Runtime) -> Components:
+    settings = runtime.settings
+    assert isinstance(settings, IdentitySettings)
+    keys = settings.key_maker()
+    thresholds = Thresholds(settings.identity_auto_merge_probability, settings.identity_review_probability)
+    service = IdentityService(runtime.db, runtime.outbox, keys, thresholds=thresholds, limits=settings.identity_limits)
+    api = IdentityApi(service, keys)
+    return Components(
+        register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(api, server),
+        service_names=[identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name],
+    )
+
+
+SERVICE = ServiceSpec(
+    name="identity",
+    settings_class=IdentitySettings,
+    migrations_dir=Path(__file__).parent / "migrations",
+    build=build,
+)

@@ -1,0 +1,646 @@
+"""Identity use cases. Each is one transaction over the store, the domain rules and the outbox;
+resolution retries its whole batch when a concurrent transaction got in the way (a key taken since
+we looked, a customer merged since we looked, a deadlock), so no key ever gets two customers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+from tailor.events.v1.envelope_pb2 import Envelope
+from tailor_platform.bus.outbox import Outbox
+from tailor_platform.db import Database
+from tailor_platform.errors import FailedPrecondition, NotFound
+
+from tailor_identity import events
+from tailor_identity.domain import matching
+from tailor_identity.domain.keys import PERSON_CONTEXT, KeyMaker
+from tailor_identity.domain.matching import MatchModel, Pattern, Thresholds
+from tailor_identity.domain.model import DEFAULT_LIMITS, Conflict, Key, Person, Record
+from tailor_identity.domain.resolution import Outcome, Planner
+from tailor_identity.store import IdentifierRow, IdentityStore, NewIdentifier, NewPerson
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_ATTEMPTS = 12
+U_SAMPLE = 2000
+RETRYABLE_SQLSTATES = {"40001", "40P01", "23505"}  # serialization failure, deadlock, unique violation
+
+
+class Contention(Exception):
+    """The database changed under a transaction in a way that invalidates its plan: retry it."""
+
+
+@dataclass
+class Resolution:
+    customer_id: str
+    created: bool
+    matched_by: str
+    merged_ids: list[str] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    probability: float = 0.0
+
+
+@dataclass(frozen=True)
+class GraphLink:
+    row: IdentifierRow
+    id_type: str
+    value: str
+    namespace: str
+
+
+@dataclass
+class Graph:
+    customer: Any
+    links: list[GraphLink]
+    merges: list[Any]
+    conflicts: list[Any]
+    person_records: int
+
+
+@dataclass(frozen=True)
+class ReKeyOutcome:
+    rekeyed: int
+    remaining: int
+    active_key_id: int
+
+
+def new_customer_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _retryable(error: BaseException) -> bool:
+    if isinstance(error, Contention):
+        return True
+    if isinstance(error, DBAPIError):
+        cause = getattr(error.orig, "__cause__", None)
+        code = getattr(error.orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
+        return code in RETRYABLE_SQLSTATES
+    return False
+
+
+@dataclass
+class _Match:
+    """A person record of the batch waiting for probabilistic matching, and what it was compared to."""
+
+    index: int
+    person: Person
+    compared: list[tuple[str, Pattern]] = field(default_factory=list)  # (customer id, pattern)
+
+
+class IdentityService:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        keys: KeyMaker,
+        *,
+        thresholds: Thresholds | None = None,
+        limits: dict[str, int] | None = None,
+        store: IdentityStore | None = None,
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.keys = keys
+        self.thresholds = thresholds or Thresholds()
+        self.limits = limits or dict(DEFAULT_LIMITS)
+        self.store = store or IdentityStore()
+        # EM over blocked pairs (m and the number of true matches) and u from random pairs combine
+        # into the scoring model.
+        self.model = MatchModel()
+        self._em = MatchModel()
+        self._u_random = self.model.u
+        self._u_basis = 0
+        self.retries = 0
+
+    # -- resolution ------------------------------------------------------------------------------
+
+    async def resolve_batch(self, records: Sequence[Record]) -> list[Resolution]:
+        """Resolve records in one transaction: all of them or (on an error) none."""
+        if not records:
+            return []
+        return await self._with_retries(lambda session: self._resolve(session, records))
+
+    async def _with_retries(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                async with self.db.transaction() as session:
+                    return await work(session)
+            except Exception as error:
+                if not _retryable(error) or attempt == MAX_ATTEMPTS - 1:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
+        raise AssertionError("unreachable")
+
+    async def _planner(
+        self,
+        session: AsyncSession,
+        groups: Sequence[Sequence[Key]],
+        also_lock: Sequence[str] = (),
+        adds_person: Sequence[bool] = (),
+    ) -> Planner:
+        """What the database says about the keys of these records. Customers that the batch may
+        change (attach a key to, merge) are locked until commit and their identifier counts loaded;
+        customers only read are not locked (a concurrent merge of one is announced by its event)."""
+        owners = await self.store.owners(session, [key.blind_index for keys in groups for key in keys])
+        changing = set(also_lock)
+        for index, keys in enumerate(groups):
+            found = {owners.get(key.blind_index) for key in keys}
+            if None in found or len(found) > 1 or (index < len(adds_person) and adds_person[index]):
+                changing.update(customer for customer in found if customer is not None)
+        involved = sorted(changing)
+        statuses = await self.store.lock_customers(session, involved)
+        if any(statuses.get(customer) != "active" for customer in involved if customer not in also_lock):
+            raise Contention("a customer was merged since we looked")
+        counts = await self.store.type_counts(session, involved)
+        return Planner(owners, counts, new_customer_id, self.limits)
+
+    async def _resolve(self, session: AsyncSession, records: Sequence[Record]) -> list[Resolution]:
+        planner = await self._planner(
+            session, [record.keys for record in records], adds_person=[record.person is not None for record in records]
+        )
+        outcomes = [planner.resolve(record) for record in records]
+        review = await self._match(session, records, outcomes, planner)
+        await self._write(session, planner, source="resolve")
+        await self._write_persons(session, records, outcomes, planner)
+        await self.store.add_candidates(
+            session,
+            [(planner.find(a), planner.find(b), p, w, matching.describe(pattern)) for a, b, p, w, pattern in review],
+        )
+        return self._results(outcomes, planner)
+
+    def _results(self, outcomes: list[Outcome], planner: Planner) -> list[Resolution]:
+        results = []
+        reported: set[str] = set()
+        for outcome in outcomes:
+            customer, new = planner.final(outcome)
+            results.append(
+                Resolution(
+                    customer_id=customer,
+                    created=new and customer not in reported,
+                    matched_by=outcome.matched_by if not (new and customer in reported) else "batch",
+                    merged_ids=outcome.merged_ids,
+                    conflicts=[_final_conflict(planner, c) for c in outcome.conflicts],
+                    probability=outcome.probability,
+                )
+            )
+            if new:
+                reported.add(customer)
+        return results
+
+    async def _write(self, session: AsyncSession, planner: Planner, *, source: str, evidence: str = "") -> None:
+        """Write what the planner decided: customers, keys, merges, conflicts, and their events."""
+        created = planner.materialized()
+        await self.store.insert_customers(session, created)
+        new_keys = [
+            NewIdentifier(
+                key.blind_index,
+                key.id_type,
+                self.keys.keyring.encrypt(key.stored_value().encode(), key.id_type.encode()),
+                self.keys.keyring.active_id,
+                planner.find(customer),
+                source,
+                evidence,
+            )
+            # In blind-index order: concurrent batches then wait for each other's keys in the same
+            # order on the unique index instead of deadlocking (and waiting a second to find out).
+            for key, customer in sorted(planner.attached, key=lambda item: item[0].blind_index)
+        ]
+        if await self.store.insert_identifiers(session, new_keys) < len(new_keys):
+            raise Contention("a key was taken by a concurrent transaction")
+        envelopes: list[Envelope] = [events.resolved(customer) for customer in created]
+        for merge in planner.merges:
+            _, envelope = await self._merge_one(
+                session, merge.survivor_id, [merge.absorbed_id], "resolution", merge.evidence
+            )
+            envelopes.append(envelope)
+        await self.store.add_conflicts(
+            session,
+            [
+                (
+                    planner.find(c.customer_id),
+                    planner.find(c.other_customer_id) if c.other_customer_id else "",
+                    c.id_type,
+                    c.blind_index,
+                    c.reason,
+                )
+                for c in planner.conflicts
+            ],
+        )
+        await self.outbox.add_many(session, envelopes)
+
+    async def _merge_one(
+        self, session: AsyncSession, survivor: str, absorbed: list[str], reason: str, evidence: str
+    ) -> tuple[str, Envelope]:
+        merge_id = str(uuid.uuid4())
+        snapshot = {customer: await self.store.move_customer(session, customer, survivor) for customer in absorbed}
+        await self.store.set_status(session, absorbed, "merged", survivor)
+        await self.store.add_log(
+            session,
+            log_id=merge_id,
+            kind="merge",
+            survivor_id=survivor,
+            absorbed_ids=absorbed,
+            reason=reason,
+            evidence=evidence,
+            snapshot=snapshot,
+        )
+        log.info("merged %d customer(s) into %s (%s)", len(absorbed), survivor, evidence)
+        return merge_id, events.merged(survivor, absorbed, evidence, merge_id)
+
+    async def _write_persons(
+        self, session: AsyncSession, records: Sequence[Record], outcomes: list[Outcome], planner: Planner
+    ) -> None:
+        persons = []
+        for record, outcome in zip(records, outcomes, strict=True):
+            if record.person is None:
+                continue
+            persons.append(
+                NewPerson(
+                    planner.find(outcome.customer_id),
+                    self.keys.fingerprint(record.person),
+                    self.keys.keyring.encrypt(self.keys.person_plaintext(record.person), PERSON_CONTEXT),
+                    self.keys.keyring.active_id,
+                    self.keys.block_indexes(record.person),
+                )
+            )
+        await self.store.insert_persons(session, persons)
+
+    # -- probabilistic matching ------------------------------------------------------------------
+
+    async def _match(
+        self, session: AsyncSession, records: Sequence[Record], outcomes: list[Outcome], planner: Planner
+    ) -> list[tuple[str, str, float, float, Pattern]]:
+        """Match records that no key resolved against stored person records and earlier records of
+        the batch; join them at or above the auto-merge threshold; return review candidates."""
+        waiting = [
+            _Match(i, record.person)
+            for i, record in enumerate(records)
+            if record.person is not None and outcomes[i].needs_matching
+        ]
+        if not waiting:
+            return []
+        blocks = {m.index: self.keys.block_indexes(m.person) for m in waiting}
+        stored = await self._stored_persons(session, [key for keys in blocks.values() for key in keys])
+        self._compare(records, outcomes, waiting, blocks, stored)
+        counts = Counter(matching.pattern_key(p) for m in waiting for _, p in m.compared)
+        await self._estimate_u(session, [m.person for m in waiting])
+        await self._refit(session, counts, len(waiting))
+        await self._prepare_targets(session, waiting, planner)
+        return self._decide(outcomes, waiting, planner)
+
+    async def _prepare_targets(self, session: AsyncSession, waiting: list[_Match], planner: Planner) -> None:
+        """Stored customers a record may be joined to are changed by it: lock them and load their
+        identifier counts (for the limits) like the deterministic path does."""
+        targets = {
+            customer
+            for match in waiting
+            for customer, pattern in match.compared
+            if not planner.is_new(customer)
+            and customer not in planner.counts
+            and self.model.probability(pattern) >= self.thresholds.auto_merge
+        }
+        if not targets:
+            return
+        statuses = await self.store.lock_customers(session, sorted(targets))
+        if any(statuses.get(customer) != "active" for customer in targets):
+            raise Contention("a matched customer was merged since we looked")
+        planner.counts.update(await self.store.type_counts(session, sorted(targets)))
+
+    async def _stored_persons(
+        self, session: AsyncSession, block_keys: list[bytes]
+    ) -> dict[bytes, list[tuple[str, Person]]]:
+        by_block: dict[bytes, list[tuple[str, Person]]] = {}
+        decrypted: dict[int, Person] = {}
+        for block_key, row in await self.store.persons_in_blocks(session, block_keys):
+            if row.id not in decrypted:
+                decrypted[row.id] = self.keys.decrypt_person(row.key_id, row.ciphertext)
+            by_block.setdefault(block_key, []).append((row.customer_id, decrypted[row.id]))
+        return by_block
+
+    def _compare(
+        self,
+        records: Sequence[Record],
+        outcomes: list[Outcome],
+        waiting: list[_Match],
+        blocks: dict[int, list[bytes]],
+        by_block: dict[bytes, list[tuple[str, Person]]],
+    ) -> None:
+        """Comparison patterns of each waiting record with every stored person and every earlier
+        person of the batch that shares a block key with it (each pair once)."""
+        waiting_at = {m.index: m for m in waiting}
+        for index, record in enumerate(records):
+            if record.person is None:
+                continue
+            keys = blocks.get(index) or self.keys.block_indexes(record.person)
+            match = waiting_at.get(index)
+            if match is not None:
+                seen: set[int] = set()
+                for key in keys:
+                    for customer, other in by_block.get(key, ()):
+                        if id(other) not in seen:
+                            seen.add(id(other))
+                            match.compared.append((customer, matching.compare(match.person, other)))
+            for key in keys:
+                by_block.setdefault(key, []).append((outcomes[index].customer_id, record.person))
+
+    async def _estimate_u(self, session: AsyncSession, batch: list[Person]) -> None:
+        """u from random pairs of stored (and this batch's) person records; re-estimated while the
+        store is small and has at least doubled since, then kept (a sample of U_SAMPLE is plenty)."""
+        if self._u_basis >= U_SAMPLE:
+            return
+        stored = await self.store.count_persons(session, U_SAMPLE)
+        if stored + len(batch) < 2 * self._u_basis:
+            return
+        rows = await self.store.sample_persons(session, U_SAMPLE)
+        sample = [self.keys.decrypt_person(row.key_id, row.ciphertext) for row in rows] + batch[: U_SAMPLE - len(rows)]
+        self._u_random = await asyncio.to_thread(matching.estimate_u, sample)
+        self._u_basis = len(sample)
+
+    async def _refit(self, session: AsyncSession, new_counts: Counter[str], batch_persons: int) -> None:
+        """Re-estimate the model from every pair compared so far (this batch included).
+
+        EM over the blocked pairs estimates m and how many of them are true matches; its u is
+        biased (blocked pairs agree on the blocking fields by construction), so scoring uses u from
+        random pairs instead, and as prior the chance that two random records match: expected
+        matches over all possible pairs of stored records."""
+        if not new_counts:
+            return
+        await self.store.add_pattern_counts(session, new_counts)
+        stored = await self.store.pattern_counts(session)
+        data = {matching.parse_pattern(key): count for key, count in stored.items()}
+        self._em = await asyncio.to_thread(matching.fit_em, data, self._em, 60)
+        records = await self.store.count_persons(session, 1 << 62) + batch_persons
+        self.model = MatchModel(
+            m=self._em.m,
+            u=self._u_random,
+            prior=matching.random_pair_prior(self._em.prior * self._em.pairs, records),
+            pairs=self._em.pairs,
+        )
+
+    def _decide(
+        self, outcomes: list[Outcome], waiting: list[_Match], planner: Planner
+    ) -> list[tuple[str, str, float, float, Pattern]]:
+        review: list[tuple[str, str, float, float, Pattern]] = []
+        for match in waiting:
+            outcome = outcomes[match.index]
+            own = planner.find(outcome.customer_id)
+            best: dict[str, tuple[float, Pattern]] = {}
+            for customer, pattern in match.compared:
+                target = planner.find(customer)
+                if target == own:
+                    continue
+                probability = self.model.probability(pattern)
+                if target not in best or best[target][0] < probability:
+                    best[target] = (probability, pattern)
+            if not best:
+                continue
+            target, (probability, pattern) = max(best.items(), key=lambda item: item[1][0])
+            weight = self.model.weight(pattern)
+            if probability >= self.thresholds.auto_merge and planner.is_new(own):
+                refusal = planner.merge_refusal(target, own, [])
+                if refusal is None:
+                    planner.absorb(target, own, f"probabilistic {probability:.4f}")
+                    outcome.matched_by = "probabilistic"
+                    outcome.probability = probability
+                    continue
+                outcome.conflicts.append(Conflict(target, own, "person", refusal))
+            if probability >= self.thresholds.review:
+                review.append((own, target, probability, weight, pattern))
+        return review
+
+    # -- explicit links, merges, unmerges --------------------------------------------------------
+
+    async def link(self, customer_id: str, keys: Sequence[Key], evidence: str) -> Resolution:
+        async def work(session: AsyncSession) -> Resolution:
+            planner = await self._planner(session, [keys], also_lock=[customer_id])
+            await self._require_active(session, customer_id)
+            outcome = planner.link(customer_id, list(keys))
+            await self._write(session, planner, source="link", evidence=evidence[:200])
+            return Resolution(customer_id, False, "link", outcome.merged_ids, outcome.conflicts)
+
+        result: Resolution = await self._with_retries(work)
+        return result
+
+    async def _require_active(self, session: AsyncSession, customer_id: str) -> None:
+        row = await self.store.customer(session, customer_id)
+        if row is None:
+            raise NotFound(f"no customer {customer_id}")
+        if row.status != "active":
+            raise FailedPrecondition(f"customer {customer_id} was merged into {row.merged_into}")
+
+    async def merge(self, survivor_id: str, absorbed_ids: Sequence[str], reason: str) -> str:
+        return await self._with_retries(
+            lambda session: self._operator_merge(session, survivor_id, absorbed_ids, reason)
+        )
+
+    async def _operator_merge(
+        self, session: AsyncSession, survivor_id: str, absorbed_ids: Sequence[str], reason: str
+    ) -> str:
+        """A merge an operator (or an accepted review candidate) asked for; the rules still apply."""
+        everyone = [survivor_id, *absorbed_ids]
+        statuses = await self.store.lock_customers(session, everyone)
+        for customer in everyone:
+            if statuses.get(customer) != "active":
+                await self._require_active(session, customer)
+        counts = await self.store.type_counts(session, everyone)
+        planner = Planner({}, counts, new_customer_id, self.limits)
+        for absorbed in absorbed_ids:
+            refusal = planner.merge_refusal(survivor_id, absorbed, [])
+            if refusal is not None:
+                raise FailedPrecondition(f"cannot merge {absorbed}: {refusal}")
+            planner.absorb(survivor_id, absorbed, "operator")
+        merge_id, envelope = await self._merge_one(
+            session, survivor_id, list(absorbed_ids), reason, f"operator: {reason}"
+        )
+        await self.outbox.add_many(session, [envelope])
+        return merge_id
+
+    async def unmerge(self, customer_id: str, merge_id: str, reason: str) -> tuple[str, list[str]]:
+        """Reverse a merge: the absorbed customers get back exactly the rows they held before it."""
+
+        async def work(session: AsyncSession) -> tuple[str, list[str]]:
+            entry = await self.store.log_entry(session, merge_id, lock=True)
+            if entry is None or entry.kind != "merge":
+                raise NotFound(f"no merge {merge_id}")
+            if entry.survivor_id != customer_id:
+                raise FailedPrecondition(f"merge {merge_id} has survivor {entry.survivor_id}, not {customer_id}")
+            if entry.reverted_by:
+                raise FailedPrecondition(f"merge {merge_id} was already reversed by {entry.reverted_by}")
+            restored = list(entry.absorbed_ids)
+            await self.store.lock_customers(session, [customer_id, *restored])
+            for absorbed in restored:
+                moved = entry.snapshot[absorbed]
+                await self.store.move_rows(session, absorbed, moved["identifiers"], moved["persons"])
+            await self.store.set_status(session, restored, "active", None)
+            unmerge_id = str(uuid.uuid4())
+            await self.store.add_log(
+                session,
+                log_id=unmerge_id,
+                kind="unmerge",
+                survivor_id=customer_id,
+                absorbed_ids=restored,
+                reason=reason,
+                evidence=f"reverses {merge_id}",
+                snapshot=dict(entry.snapshot),
+                reverts=merge_id,
+            )
+            await self.outbox.add_many(session, [events.unmerged(customer_id, restored, merge_id, unmerge_id)])
+            return unmerge_id, restored
+
+        result: tuple[str, list[str]] = await self._with_retries(work)
+        return result
+
+    async def split(self, customer_id: str, keys: Sequence[Key], reason: str) -> tuple[str, list[str]]:
+        """Move identifiers off a customer into a new customer (logged; Merge puts them back)."""
+
+        async def work(session: AsyncSession) -> tuple[str, list[str]]:
+            await self.store.lock_customers(session, [customer_id])
+            await self._require_active(session, customer_id)
+            rows = await self.store.identifiers_by_index(session, [key.blind_index for key in keys])
+            mine = [row.id for row in rows if row.customer_id == customer_id]
+            if len(mine) != len({key.blind_index for key in keys}):
+                raise FailedPrecondition(f"not every identifier belongs to customer {customer_id}")
+            new_id = new_customer_id()
+            await self.store.insert_customers(session, [new_id])
+            await self.store.move_rows(session, new_id, mine, [])
+            split_id = str(uuid.uuid4())
+            await self.store.add_log(
+                session,
+                log_id=split_id,
+                kind="split",
+                survivor_id=customer_id,
+                absorbed_ids=[new_id],
+                reason=reason,
+                evidence=f"{len(mine)} identifier(s) split off",
+                snapshot={new_id: {"identifiers": mine, "persons": []}},
+            )
+            await self.outbox.add_many(
+                session, [events.resolved(new_id), events.unmerged(customer_id, [new_id], "", split_id)]
+            )
+            return split_id, [new_id]
+
+        result: tuple[str, list[str]] = await self._with_retries(work)
+        return result
+
+    # -- review queue ----------------------------------------------------------------------------
+
+    async def find_candidates(self, customer_id: str, after_id: int, limit: int) -> tuple[list[Any], list[Any]]:
+        """Probable duplicates of the customer (scored now against stored person records and kept
+        in the review queue) and the conflicts that involve it."""
+        async with self.db.transaction() as session:
+            if await self.store.customer(session, customer_id) is None:
+                raise NotFound(f"no customer {customer_id}")
+            await self._score_customer(session, customer_id)
+            candidates = await self.store.candidates_of(session, customer_id, after_id, limit)
+            conflicts = await self.store.conflicts_of(session, customer_id) if after_id == 0 else []
+        return candidates, conflicts
+
+    async def _score_customer(self, session: AsyncSession, customer_id: str) -> None:
+        mine = [
+            self.keys.decrypt_person(row.key_id, row.ciphertext)
+            for row in await self.store.persons_of(session, customer_id)
+        ]
+        if not mine:
+            return
+        others = await self.store.persons_in_blocks(session, await self.store.block_keys_of(session, customer_id))
+        best: dict[str, tuple[float, Pattern]] = {}
+        for _, row in others:
+            if row.customer_id == customer_id:
+                continue
+            other = self.keys.decrypt_person(row.key_id, row.ciphertext)
+            for person in mine:
+                pattern = matching.compare(person, other)
+                probability = self.model.probability(pattern)
+                if row.customer_id not in best or best[row.customer_id][0] < probability:
+                    best[row.customer_id] = (probability, pattern)
+        await self.store.add_candidates(
+            session,
+            [
+                (customer_id, other, p, self.model.weight(pattern), matching.describe(pattern))
+                for other, (p, pattern) in best.items()
+                if self.thresholds.review <= p < self.thresholds.auto_merge
+            ],
+        )
+
+    async def resolve_candidate(self, candidate_id: int, accept: bool, reason: str) -> tuple[Any, str]:
+        """Accept (merge the pair, in the same transaction) or reject a review candidate."""
+
+        async def work(session: AsyncSession) -> tuple[Any, str]:
+            row = await self.store.candidate(session, candidate_id)
+            if row is None:
+                raise NotFound(f"no candidate {candidate_id}")
+            if row.status != "open":
+                raise FailedPrecondition(f"candidate {candidate_id} was already {row.status}")
+            merge_id = ""
+            if accept:
+                why = reason or f"review candidate {candidate_id}"
+                merge_id = await self._operator_merge(session, row.other_customer_id, [row.customer_id], why)
+            await self.store.decide_candidate(session, candidate_id, "accepted" if accept else "rejected", reason)
+            return await self.store.candidate(session, candidate_id), merge_id
+
+        return await self._with_retries(work)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def owner_of(self, key: Key) -> str:
+        async with self.db.sessions() as session:
+            owners = await self.store.owners(session, [key.blind_index])
+        if key.blind_index not in owners:
+            raise NotFound("no customer has this identifier")
+        return owners[key.blind_index]
+
+    async def graph(self, customer_id: str) -> Graph:
+        async with self.db.sessions() as session:
+            customer = await self.store.customer(session, customer_id)
+            if customer is None:
+                raise NotFound(f"no customer {customer_id}")
+            rows = await self.store.identifiers_of(session, customer_id)
+            merges = await self.store.history(session, customer_id)
+            conflicts = await self.store.conflicts_of(session, customer_id)
+            persons = await self.store.persons_of(session, customer_id)
+        links = [self._link(row) for row in rows]
+        return Graph(customer, links, merges, conflicts, len(persons))
+
+    def _link(self, row: IdentifierRow) -> GraphLink:
+        stored = self.keys.keyring.decrypt(row.key_id, row.ciphertext, row.id_type.encode()).decode()
+        namespace, _, value = stored.rpartition("\x1f")
+        return GraphLink(row, row.id_type, value, namespace)
+
+    # -- key rotation ----------------------------------------------------------------------------
+
+    async def rekey(self, limit: int) -> ReKeyOutcome:
+        """Re-encrypt up to `limit` rows still under an old key with the active key."""
+        keyring = self.keys.keyring
+        done = 0
+        async with self.db.transaction() as session:
+            for table in ("identifier", "person"):
+                rows = await self.store.stale_rows(session, table, keyring.active_id, limit - done)
+                if not rows:
+                    continue
+                contexts = [row.context.encode() if table == "identifier" else PERSON_CONTEXT for row in rows]
+                sealed = [
+                    keyring.encrypt(keyring.decrypt(row.key_id, bytes(row.ciphertext), ctx), ctx)
+                    for row, ctx in zip(rows, contexts, strict=True)
+                ]
+                await self.store.rewrite_ciphertexts(
+                    session, table, [row.id for row in rows], sealed, keyring.active_id
+                )
+                done += len(rows)
+            remaining = await self.store.count_stale(session, keyring.active_id)
+        return ReKeyOutcome(done, remaining, keyring.active_id)
+
+
+def _final_conflict(planner: Planner, conflict: Conflict) -> Conflict:
+    other = planner.find(conflict.other_customer_id) if conflict.other_customer_id else ""
+    return Conflict(planner.find(conflict.customer_id), other, conflict.id_type, conflict.reason, conflict.blind_index)

@@ -1,0 +1,462 @@
+"""Identity queries. Every batch operation is one set-based statement (arrays through `unnest`),
+never a round trip per record; every method runs in the caller's session and transaction."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from tailor_platform.db import driver_connection
+
+from tailor_identity.tables import Base
+
+__all__ = ["Base", "IdentifierRow", "IdentityStore", "PersonRow"]
+
+
+@dataclass(frozen=True)
+class IdentifierRow:
+    id: int
+    blind_index: bytes
+    id_type: str
+    ciphertext: bytes
+    key_id: int
+    customer_id: str
+    source: str
+    evidence: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PersonRow:
+    id: int
+    customer_id: str
+    ciphertext: bytes
+    key_id: int
+
+
+@dataclass(frozen=True)
+class NewIdentifier:
+    blind_index: bytes
+    id_type: str
+    ciphertext: bytes
+    key_id: int
+    customer_id: str
+    source: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class NewPerson:
+    customer_id: str
+    fingerprint: bytes
+    ciphertext: bytes
+    key_id: int
+    block_keys: list[bytes]
+
+
+def _column(rows: Sequence[Any], name: str) -> list[Any]:
+    return [getattr(row, name) for row in rows]
+
+
+class IdentityStore:
+    # -- deterministic resolution ----------------------------------------------------------------
+
+    async def owners(self, session: AsyncSession, blind_indexes: Sequence[bytes]) -> dict[bytes, str]:
+        """Which customer owns each of these keys (keys nobody owns are absent)."""
+        if not blind_indexes:
+            return {}
+        # The hot path: straight to the driver (same connection and transaction), no row objects.
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT blind_index, customer_id FROM identifier WHERE blind_index = ANY($1::bytea[])", list(blind_indexes)
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def lock_customers(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, str]:
+        """Lock the customers (in id order, so concurrent batches cannot deadlock on them); their status."""
+        if not customer_ids:
+            return {}
+        rows = await session.execute(
+            text("SELECT id, status FROM customer WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE"),
+            {"ids": sorted(set(customer_ids))},
+        )
+        return {row.id: row.status for row in rows}
+
+    async def type_counts(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, Counter[str]]:
+        counts: dict[str, Counter[str]] = {customer: Counter() for customer in customer_ids}
+        if not customer_ids:
+            return counts
+        rows = await session.execute(
+            text(
+                "SELECT customer_id, id_type, count(*) AS n FROM identifier "
+                "WHERE customer_id = ANY(CAST(:ids AS text[])) GROUP BY customer_id, id_type"
+            ),
+            {"ids": list(customer_ids)},
+        )
+        for row in rows:
+            counts[row.customer_id][row.id_type] = row.n
+        return counts
+
+    async def insert_customers(self, session: AsyncSession, customer_ids: Sequence[str]) -> None:
+        if customer_ids:
+            driver = await driver_connection(session)
+            await driver.execute("INSERT INTO customer (id) SELECT unnest($1::text[])", list(customer_ids))
+
+    async def insert_identifiers(self, session: AsyncSession, rows: Sequence[NewIdentifier]) -> int:
+        """Insert keys; returns how many were new. Fewer than len(rows) means another transaction
+        took a key since we looked: the caller retries its whole batch."""
+        if not rows:
+            return 0
+        driver = await driver_connection(session)
+        status = await driver.execute(
+            "INSERT INTO identifier (blind_index, id_type, ciphertext, key_id, customer_id, source, evidence) "
+            "SELECT * FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::text[], "
+            "$7::text[]) ON CONFLICT (blind_index) DO NOTHING",
+            _column(rows, "blind_index"),
+            _column(rows, "id_type"),
+            _column(rows, "ciphertext"),
+            _column(rows, "key_id"),
+            _column(rows, "customer_id"),
+            _column(rows, "source"),
+            _column(rows, "evidence"),
+        )
+        return int(str(status).rsplit(" ", 1)[-1])
+
+    # -- merges ----------------------------------------------------------------------------------
+
+    async def move_customer(self, session: AsyncSession, from_id: str, to_id: str) -> dict[str, list[int]]:
+        """Move everything `from_id` holds to `to_id`; returns the ids moved (for an exact unmerge)."""
+        moved_identifiers = await session.scalars(
+            text("UPDATE identifier SET customer_id = :to WHERE customer_id = :from RETURNING id"),
+            {"to": to_id, "from": from_id},
+        )
+        moved_persons = await session.scalars(
+            text("UPDATE person SET customer_id = :to WHERE customer_id = :from RETURNING id"),
+            {"to": to_id, "from": from_id},
+        )
+        return {"identifiers": sorted(moved_identifiers), "persons": sorted(moved_persons)}
+
+    async def move_rows(
+        self, session: AsyncSession, to_id: str, identifier_ids: list[int], person_ids: list[int]
+    ) -> None:
+        await session.execute(
+            text("UPDATE identifier SET customer_id = :to WHERE id = ANY(CAST(:ids AS bigint[]))"),
+            {"to": to_id, "ids": identifier_ids},
+        )
+        await session.execute(
+            text("UPDATE person SET customer_id = :to WHERE id = ANY(CAST(:ids AS bigint[]))"),
+            {"to": to_id, "ids": person_ids},
+        )
+
+    async def set_status(
+        self, session: AsyncSession, customer_ids: Sequence[str], status: str, merged_into: str | None
+    ) -> None:
+        await session.execute(
+            text("UPDATE customer SET status = :status, merged_into = :into WHERE id = ANY(CAST(:ids AS text[]))"),
+            {"status": status, "into": merged_into, "ids": list(customer_ids)},
+        )
+
+    async def add_log(
+        self,
+        session: AsyncSession,
+        *,
+        log_id: str,
+        kind: str,
+        survivor_id: str,
+        absorbed_ids: list[str],
+        reason: str,
+        evidence: str,
+        snapshot: dict[str, Any],
+        reverts: str | None = None,
+    ) -> None:
+        await session.execute(
+            text(
+                "INSERT INTO merge_log (id, kind, survivor_id, absorbed_ids, reason, evidence, snapshot, reverts) "
+                "VALUES (:id, :kind, :survivor, CAST(:absorbed AS text[]), :reason, :evidence, "
+                "CAST(:snapshot AS jsonb), :reverts)"
+            ),
+            {
+                "id": log_id,
+                "kind": kind,
+                "survivor": survivor_id,
+                "absorbed": absorbed_ids,
+                "reason": reason,
+                "evidence": evidence,
+                "snapshot": _json(snapshot),
+                "reverts": reverts,
+            },
+        )
+        if reverts:
+            await session.execute(
+                text("UPDATE merge_log SET reverted_by = :by WHERE id = :id"), {"by": log_id, "id": reverts}
+            )
+
+    async def log_entry(self, session: AsyncSession, log_id: str, *, lock: bool = False) -> Row[Any] | None:
+        suffix = " FOR UPDATE" if lock else ""
+        result = await session.execute(text("SELECT * FROM merge_log WHERE id = :id" + suffix), {"id": log_id})
+        return result.first()
+
+    async def history(self, session: AsyncSession, customer_id: str) -> list[Row[Any]]:
+        rows = await session.execute(
+            text(
+                "SELECT * FROM merge_log WHERE survivor_id = :id OR CAST(:id AS text) = ANY(absorbed_ids) "
+                "ORDER BY created_at, id"
+            ),
+            {"id": customer_id},
+        )
+        return list(rows)
+
+    # -- conflicts and candidates ----------------------------------------------------------------
+
+    async def add_conflicts(self, session: AsyncSession, conflicts: Sequence[tuple[str, str, str, bytes, str]]) -> None:
+        """(customer_id, other_customer_id, id_type, blind_index, reason); repeats are ignored."""
+        if not conflicts:
+            return
+        await session.execute(
+            text(
+                "INSERT INTO conflict (customer_id, other_customer_id, id_type, blind_index, reason) "
+                "SELECT * FROM unnest(CAST(:c AS text[]), CAST(:o AS text[]), CAST(:t AS text[]), "
+                "CAST(:b AS bytea[]), CAST(:r AS text[])) ON CONFLICT DO NOTHING"
+            ),
+            {
+                "c": [c[0] for c in conflicts],
+                "o": [c[1] for c in conflicts],
+                "t": [c[2] for c in conflicts],
+                "b": [c[3] for c in conflicts],
+                "r": [c[4] for c in conflicts],
+            },
+        )
+
+    async def conflicts_of(self, session: AsyncSession, customer_id: str) -> list[Row[Any]]:
+        rows = await session.execute(
+            text("SELECT * FROM conflict WHERE customer_id = :id OR other_customer_id = :id ORDER BY created_at, id"),
+            {"id": customer_id},
+        )
+        return list(rows)
+
+    async def add_candidates(
+        self, session: AsyncSession, candidates: Sequence[tuple[str, str, float, float, dict[str, str]]]
+    ) -> None:
+        """(customer_id, other_customer_id, probability, weight, comparisons); a pair seen again keeps
+        its best score and stays decided if it was."""
+        if not candidates:
+            return
+        await session.execute(
+            text(
+                "INSERT INTO candidate (customer_id, other_customer_id, probability, weight, comparisons) "
+                "SELECT a, b, p, w, CAST(j AS jsonb) FROM unnest(CAST(:a AS text[]), CAST(:b AS text[]), "
+                "CAST(:p AS float8[]), CAST(:w AS float8[]), CAST(:j AS text[])) AS x(a, b, p, w, j) "
+                "ON CONFLICT (customer_id, other_customer_id) DO UPDATE SET "
+                "probability = greatest(candidate.probability, excluded.probability), "
+                "weight = greatest(candidate.weight, excluded.weight)"
+            ),
+            {
+                "a": [c[0] for c in candidates],
+                "b": [c[1] for c in candidates],
+                "p": [c[2] for c in candidates],
+                "w": [c[3] for c in candidates],
+                "j": [_json(c[4]) for c in candidates],
+            },
+        )
+
+    async def candidates_of(self, session: AsyncSession, customer_id: str, after_id: int, limit: int) -> list[Row[Any]]:
+        rows = await session.execute(
+            text(
+                "SELECT * FROM candidate WHERE (customer_id = :id OR other_customer_id = :id) AND id > :after "
+                "AND status = 'open' ORDER BY id LIMIT :limit"
+            ),
+            {"id": customer_id, "after": after_id, "limit": limit},
+        )
+        return list(rows)
+
+    async def candidate(self, session: AsyncSession, candidate_id: int) -> Row[Any] | None:
+        result = await session.execute(text("SELECT * FROM candidate WHERE id = :id FOR UPDATE"), {"id": candidate_id})
+        return result.first()
+
+    async def decide_candidate(self, session: AsyncSession, candidate_id: int, status: str, reason: str) -> None:
+        await session.execute(
+            text("UPDATE candidate SET status = :s, reason = :r, decided_at = now() WHERE id = :id"),
+            {"s": status, "r": reason, "id": candidate_id},
+        )
+
+    # -- person records and probabilistic matching -----------------------------------------------
+
+    async def insert_persons(self, session: AsyncSession, persons: Sequence[NewPerson]) -> None:
+        """Store person records not already stored for their customer, with their block keys."""
+        if not persons:
+            return
+        result = await session.execute(
+            text(
+                "INSERT INTO person (customer_id, fingerprint, ciphertext, key_id) "
+                "SELECT c, f, ct, k FROM unnest(CAST(:c AS text[]), CAST(:f AS bytea[]), CAST(:ct AS bytea[]), "
+                "CAST(:k AS int[])) WITH ORDINALITY AS x(c, f, ct, k, n) "
+                "WHERE NOT EXISTS (SELECT 1 FROM person p WHERE p.customer_id = x.c AND p.fingerprint = x.f) "
+                "ORDER BY n RETURNING id, customer_id, fingerprint"
+            ),
+            {
+                "c": _column(persons, "customer_id"),
+                "f": _column(persons, "fingerprint"),
+                "ct": _column(persons, "ciphertext"),
+                "k": _column(persons, "key_id"),
+            },
+        )
+        ids = {(row.customer_id, bytes(row.fingerprint)): row.id for row in result}
+        block_keys: list[bytes] = []
+        person_ids: list[int] = []
+        for new in persons:
+            person_id = ids.pop((new.customer_id, new.fingerprint), None)
+            if person_id is None:
+                continue
+            block_keys.extend(new.block_keys)
+            person_ids.extend([person_id] * len(new.block_keys))
+        if block_keys:
+            await session.execute(
+                text(
+                    "INSERT INTO person_block (block_key, person_id) "
+                    "SELECT * FROM unnest(CAST(:b AS bytea[]), CAST(:p AS bigint[])) ON CONFLICT DO NOTHING"
+                ),
+                {"b": block_keys, "p": person_ids},
+            )
+
+    async def persons_in_blocks(
+        self, session: AsyncSession, block_keys: Sequence[bytes]
+    ) -> list[tuple[bytes, PersonRow]]:
+        if not block_keys:
+            return []
+        rows = await session.execute(
+            text(
+                "SELECT b.block_key, p.id, p.customer_id, p.ciphertext, p.key_id FROM person_block b "
+                "JOIN person p ON p.id = b.person_id WHERE b.block_key = ANY(CAST(:keys AS bytea[]))"
+            ),
+            {"keys": list(set(block_keys))},
+        )
+        return [
+            (bytes(row.block_key), PersonRow(row.id, row.customer_id, bytes(row.ciphertext), row.key_id))
+            for row in rows
+        ]
+
+    async def persons_of(self, session: AsyncSession, customer_id: str) -> list[PersonRow]:
+        rows = await session.execute(
+            text("SELECT id, customer_id, ciphertext, key_id FROM person WHERE customer_id = :id ORDER BY id"),
+            {"id": customer_id},
+        )
+        return [PersonRow(row.id, row.customer_id, bytes(row.ciphertext), row.key_id) for row in rows]
+
+    async def block_keys_of(self, session: AsyncSession, customer_id: str) -> list[bytes]:
+        rows = await session.scalars(
+            text(
+                "SELECT DISTINCT b.block_key FROM person_block b JOIN person p ON p.id = b.person_id "
+                "WHERE p.customer_id = :id"
+            ),
+            {"id": customer_id},
+        )
+        return [bytes(key) for key in rows]
+
+    async def count_persons(self, session: AsyncSession, cap: int) -> int:
+        result = await session.execute(
+            text("SELECT count(*) FROM (SELECT 1 FROM person LIMIT :cap) AS capped"), {"cap": cap}
+        )
+        return int(result.scalar_one())
+
+    async def sample_persons(self, session: AsyncSession, limit: int) -> list[PersonRow]:
+        rows = await session.execute(
+            text("SELECT id, customer_id, ciphertext, key_id FROM person ORDER BY random() LIMIT :n"), {"n": limit}
+        )
+        return [PersonRow(row.id, row.customer_id, bytes(row.ciphertext), row.key_id) for row in rows]
+
+    async def pattern_counts(self, session: AsyncSession) -> dict[str, int]:
+        rows = await session.execute(text("SELECT pattern, pair_count FROM match_pattern"))
+        return {row.pattern: row.pair_count for row in rows}
+
+    async def add_pattern_counts(self, session: AsyncSession, counts: Counter[str]) -> None:
+        if not counts:
+            return
+        patterns = sorted(counts)
+        await session.execute(
+            text(
+                "INSERT INTO match_pattern (pattern, pair_count) "
+                "SELECT * FROM unnest(CAST(:p AS text[]), CAST(:n AS bigint[])) "
+                "ON CONFLICT (pattern) DO UPDATE SET pair_count = match_pattern.pair_count + excluded.pair_count"
+            ),
+            {"p": patterns, "n": [counts[p] for p in patterns]},
+        )
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def customer(self, session: AsyncSession, customer_id: str) -> Row[Any] | None:
+        result = await session.execute(text("SELECT * FROM customer WHERE id = :id"), {"id": customer_id})
+        return result.first()
+
+    async def identifiers_of(self, session: AsyncSession, customer_id: str) -> list[IdentifierRow]:
+        rows = await session.execute(
+            text("SELECT * FROM identifier WHERE customer_id = :id ORDER BY id"), {"id": customer_id}
+        )
+        return [_identifier(row) for row in rows]
+
+    async def identifiers_by_index(self, session: AsyncSession, blind_indexes: Sequence[bytes]) -> list[IdentifierRow]:
+        rows = await session.execute(
+            text("SELECT * FROM identifier WHERE blind_index = ANY(CAST(:keys AS bytea[])) ORDER BY id"),
+            {"keys": list(blind_indexes)},
+        )
+        return [_identifier(row) for row in rows]
+
+    # -- key rotation ----------------------------------------------------------------------------
+
+    async def stale_rows(self, session: AsyncSession, table: str, active_key_id: int, limit: int) -> list[Row[Any]]:
+        assert table in ("identifier", "person")
+        context = "id_type" if table == "identifier" else "customer_id"
+        rows = await session.execute(
+            text(
+                f"SELECT id, {context} AS context, ciphertext, key_id FROM {table} WHERE key_id <> :k "
+                "ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
+            ),
+            {"k": active_key_id, "n": limit},
+        )
+        return list(rows)
+
+    async def rewrite_ciphertexts(
+        self, session: AsyncSession, table: str, ids: list[int], ciphertexts: list[bytes], key_id: int
+    ) -> None:
+        assert table in ("identifier", "person")
+        await session.execute(
+            text(
+                f"UPDATE {table} t SET ciphertext = x.ct, key_id = :k FROM unnest(CAST(:ids AS bigint[]), "
+                "CAST(:cts AS bytea[])) AS x(id, ct) WHERE t.id = x.id"
+            ),
+            {"k": key_id, "ids": ids, "cts": ciphertexts},
+        )
+
+    async def count_stale(self, session: AsyncSession, active_key_id: int) -> int:
+        result = await session.execute(
+            text(
+                "SELECT (SELECT count(*) FROM identifier WHERE key_id <> :k) + "
+                "(SELECT count(*) FROM person WHERE key_id <> :k)"
+            ),
+            {"k": active_key_id},
+        )
+        return int(result.scalar_one())
+
+
+def _identifier(row: Row[Any]) -> IdentifierRow:
+    return IdentifierRow(
+        row.id,
+        bytes(row.blind_index),
+        row.id_type,
+        bytes(row.ciphertext),
+        row.key_id,
+        row.customer_id,
+        row.source,
+        row.evidence,
+        row.created_at,
+    )
+
+
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)

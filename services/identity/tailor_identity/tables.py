@@ -1,0 +1,144 @@
+"""Identity tables (the store's schema; the first migration creates exactly these).
+
+No column holds a plaintext identifier or person attribute: `ciphertext` is AES-GCM under the key
+`key_id`, `blind_index` and `block_key` are keyed HMACs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase
+from tailor_platform.db import NAMING_CONVENTION
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _created() -> Column[Any]:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+customer = Table(
+    "customer",
+    Base.metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False, server_default="active"),
+    Column("merged_into", String(64), nullable=True),
+    _created(),
+)
+
+identifier = Table(
+    "identifier",
+    Base.metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("blind_index", LargeBinary, nullable=False),
+    Column("id_type", String(32), nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("customer_id", String(64), ForeignKey("customer.id"), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("evidence", String(200), nullable=False, server_default=""),
+    _created(),
+    Index("ix_identifier_customer_id", "customer_id"),
+    # One customer per key, whatever runs concurrently; customer_id included so that the resolve
+    # lookup is an index-only scan (no heap page per key).
+    Index("uq_identifier_blind_index", "blind_index", unique=True, postgresql_include=["customer_id"]),
+)
+
+person = Table(
+    "person",
+    Base.metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("customer_id", String(64), ForeignKey("customer.id"), nullable=False),
+    # HMAC of the normalized attributes: a record seen again for the same customer is not stored
+    # again. Not unique: a merge may bring two equal records onto one customer (unmerge separates them).
+    Column("fingerprint", LargeBinary, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    _created(),
+    Index("ix_person_customer_id_fingerprint", "customer_id", "fingerprint"),
+)
+
+person_block = Table(
+    "person_block",
+    Base.metadata,
+    Column("block_key", LargeBinary, primary_key=True),
+    Column("person_id", BigInteger, ForeignKey("person.id", ondelete="CASCADE"), primary_key=True),
+)
+
+merge_log = Table(
+    "merge_log",
+    Base.metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # merge, unmerge, split
+    Column("survivor_id", String(64), nullable=False),
+    Column("absorbed_ids", ARRAY(String(64)), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("evidence", Text, nullable=False),
+    # What moved: {absorbed_id: {"identifiers": [ids], "persons": [ids]}}, so it can be moved back.
+    Column("snapshot", JSONB, nullable=False),
+    Column("reverts", String(64), nullable=True),
+    Column("reverted_by", String(64), nullable=True),
+    _created(),
+    Index("ix_merge_log_survivor_id", "survivor_id"),
+    Index("ix_merge_log_absorbed_ids", "absorbed_ids", postgresql_using="gin"),
+)
+
+conflict = Table(
+    "conflict",
+    Base.metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("other_customer_id", String(64), nullable=False),
+    Column("id_type", String(32), nullable=False),
+    Column("blind_index", LargeBinary, nullable=False),
+    Column("reason", String(200), nullable=False),
+    _created(),
+    UniqueConstraint("customer_id", "other_customer_id", "blind_index", name="uq_conflict_customer_other_key"),
+    Index("ix_conflict_other_customer_id", "other_customer_id"),
+)
+
+candidate = Table(
+    "candidate",
+    Base.metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("other_customer_id", String(64), nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("weight", Float, nullable=False),
+    Column("comparisons", JSONB, nullable=False),
+    Column("status", String(16), nullable=False, server_default="open"),
+    Column("reason", Text, nullable=False, server_default=""),
+    _created(),
+    Column("decided_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("customer_id", "other_customer_id", name="uq_candidate_customer_other"),
+    Index("ix_candidate_other_customer_id", "other_customer_id"),
+)
+
+match_pattern = Table(
+    "match_pattern",
+    Base.metadata,
+    # Agreement levels per field ("0,1,-1,..."), and how many compared pairs had them: EM's data.
+    Column("pattern", String(64), primary_key=True),
+    Column("pair_count", BigInteger, nullable=False),
+)

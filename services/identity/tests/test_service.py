@@ -1,0 +1,219 @@
+"""Identity use cases against a real PostgreSQL: resolution, rules, concurrency, merge and unmerge,
+encryption at rest, outbox events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from sqlalchemy import text
+from tailor.events.v1.envelope_pb2 import Envelope
+from tailor.events.v1.identity_pb2 import IdentityMerged
+from tailor_identity.domain.keys import KeyMaker
+from tailor_identity.domain.model import Record
+from tailor_identity.service import IdentityService
+from tailor_platform.db import Database
+from tailor_platform.errors import FailedPrecondition
+
+from .conftest import keyring
+
+WORKERS = int(os.environ.get("IDENTITY_TEST_WORKERS", "12"))
+
+
+def record(keys: KeyMaker, *ids: tuple[str, str], person: dict[str, str] | None = None) -> Record:
+    found = [keys.key(t, v) for t, v in ids]
+    return Record(found, keys.person(**person) if person else None)
+
+
+async def events_of(db: Database) -> list[Envelope]:
+    async with db.sessions() as session:
+        rows = await session.execute(text("SELECT payload FROM outbox ORDER BY id"))
+        return [Envelope.FromString(row.payload) for row in rows]
+
+
+async def test_shared_keys_resolve_to_one_customer(identity: IdentityService) -> None:
+    k = identity.keys
+    [first] = await identity.resolve_batch([record(k, ("email", "Ann.Lee@Example.com"), ("device_id", "d-1"))])
+    assert first.created and first.matched_by == "new"
+    [again] = await identity.resolve_batch(
+        [record(k, ("email", " ann.lee@example.com "), ("phone", "+1 415 555 0100"))]
+    )
+    assert again.customer_id == first.customer_id and not again.created and again.matched_by == "email"
+    [by_phone] = await identity.resolve_batch([record(k, ("phone", "(415) 555-0100"))])
+    assert by_phone.customer_id == first.customer_id and by_phone.matched_by == "phone"
+
+
+async def test_batch_joins_records_and_merges_existing_customers(identity: IdentityService) -> None:
+    k = identity.keys
+    a, b = await identity.resolve_batch([record(k, ("email", "a@example.com")), record(k, ("loyalty_id", "L-1"))])
+    assert a.customer_id != b.customer_id
+    results = await identity.resolve_batch(
+        [
+            record(k, ("device_id", "dev-9"), ("email", "new@example.com")),
+            record(k, ("email", "new@example.com"), ("email", "a@example.com")),
+            record(k, ("email", "a@example.com"), ("loyalty_id", "L-1")),
+        ]
+    )
+    # The loyalty customer has the highest-priority key: it survives and absorbs the email customer.
+    assert {r.customer_id for r in results} == {b.customer_id}
+    assert results[2].merged_ids == [a.customer_id]
+    graph = await identity.graph(a.customer_id)
+    assert graph.customer.status == "merged" and graph.customer.merged_into == b.customer_id
+    merged = [e for e in await events_of(identity.db) if e.type == "identity.merged"]
+    assert len(merged) == 1
+    payload = IdentityMerged()
+    merged[0].data.Unpack(payload)
+    assert payload.survivor_id == b.customer_id and list(payload.absorbed_ids) == [a.customer_id]
+
+
+async def test_limits_turn_a_link_into_a_conflict(identity: IdentityService) -> None:
+    k = identity.keys
+    [a] = await identity.resolve_batch([record(k, ("loyalty_id", "L-1"), ("email", "x@example.com"))])
+    [b] = await identity.resolve_batch([record(k, ("loyalty_id", "L-2"))])
+    [c] = await identity.resolve_batch([record(k, ("email", "x@example.com"), ("loyalty_id", "L-2"))])
+    assert c.customer_id == b.customer_id  # loyalty decides; the email stays with its customer
+    assert c.conflicts and "at most 1 loyalty_id" in c.conflicts[0].reason
+    graph = await identity.graph(a.customer_id)
+    assert graph.customer.status == "active"
+    assert [row.reason for row in graph.conflicts] == [c.conflicts[0].reason]
+
+
+async def test_device_id_joins_at_most_one_known_customer(identity: IdentityService) -> None:
+    k = identity.keys
+    [anonymous] = await identity.resolve_batch([record(k, ("device_id", "d-7"))])
+    [known] = await identity.resolve_batch([record(k, ("device_id", "d-7"), ("email", "p@example.com"))])
+    assert known.customer_id == anonymous.customer_id  # an anonymous device joins its first known customer
+    [other] = await identity.resolve_batch([record(k, ("email", "q@example.com"))])
+    [shared] = await identity.resolve_batch([record(k, ("device_id", "d-7"), ("email", "q@example.com"))])
+    assert shared.customer_id == other.customer_id and not shared.merged_ids
+    assert "device_id may join at most one known customer" in shared.conflicts[0].reason
+
+
+async def test_concurrent_overlapping_resolves_never_split_a_key(identity: IdentityService) -> None:
+    k = identity.keys
+    people = 20
+
+    async def resolve(worker: int) -> list[str]:
+        batch = [
+            record(
+                k,
+                ("email", f"p{(worker + i) % people}@example.com"),
+                ("phone", f"+1415555{(worker * 7 + i) % people:04d}"),
+            )
+            for i in range(people)
+        ]
+        return [r.customer_id for r in await identity.resolve_batch(batch)]
+
+    await asyncio.gather(*(resolve(worker) for worker in range(WORKERS)))
+    async with identity.db.sessions() as session:
+        duplicates = await session.scalar(
+            text("SELECT count(*) FROM (SELECT blind_index FROM identifier GROUP BY 1 HAVING count(*) > 1) d")
+        )
+        owners = await session.execute(text("SELECT count(DISTINCT customer_id) FROM identifier"))
+        active = await session.scalar(text("SELECT count(*) FROM customer WHERE status = 'active'"))
+    assert duplicates == 0
+    # Every key resolves to exactly one active customer, and one lookup per key agrees.
+    distinct_owners = owners.scalar_one()
+    assert distinct_owners == active
+    for i in range(people):
+        [r] = await identity.resolve_batch([record(k, ("email", f"p{i}@example.com"))])
+        graph = await identity.graph(r.customer_id)
+        assert graph.customer.status == "active"
+
+
+async def test_unmerge_restores_exactly_the_state_before_the_merge(identity: IdentityService) -> None:
+    k = identity.keys
+    person = {
+        "given_name": "Ann",
+        "surname": "Lee",
+        "date_of_birth": "1980-01-02",
+        "address": "1 Main St",
+        "postcode": "2000",
+        "city": "Sydney",
+    }
+    [a] = await identity.resolve_batch([record(k, ("email", "a@example.com"), ("device_id", "d-a"), person=person)])
+    [b] = await identity.resolve_batch([record(k, ("phone", "+14155550111"), ("loyalty_id", "L-b"))])
+
+    async def state() -> list[tuple[object, ...]]:
+        async with identity.db.sessions() as session:
+            identifiers = await session.execute(text("SELECT id, customer_id FROM identifier ORDER BY id"))
+            persons = await session.execute(text("SELECT id, customer_id FROM person ORDER BY id"))
+            customers = await session.execute(text("SELECT id, status, merged_into FROM customer ORDER BY id"))
+            return [tuple(r) for r in [*identifiers, *persons, *customers]]
+
+    before = await state()
+    merge_id = await identity.merge(b.customer_id, [a.customer_id], "same person, confirmed by phone")
+    assert await state() != before
+    [after_merge] = await identity.resolve_batch([record(k, ("email", "a@example.com"))])
+    assert after_merge.customer_id == b.customer_id
+    await identity.unmerge(b.customer_id, merge_id, "customer says otherwise")
+    assert await state() == before
+    graph = await identity.graph(b.customer_id)
+    assert [(m.kind, m.reverted_by is not None) for m in graph.merges] == [("merge", True), ("unmerge", False)]
+    with pytest.raises(FailedPrecondition):
+        await identity.unmerge(b.customer_id, merge_id, "again")
+
+
+async def test_split_moves_identifiers_to_a_new_customer(identity: IdentityService) -> None:
+    k = identity.keys
+    [a] = await identity.resolve_batch([record(k, ("email", "a@example.com"), ("device_id", "shared-tablet"))])
+    _, [new_id] = await identity.split(a.customer_id, [k.key("device_id", "shared-tablet")], "shared device")
+    [again] = await identity.resolve_batch([record(k, ("device_id", "shared-tablet"))])
+    assert again.customer_id == new_id != a.customer_id
+
+
+async def test_link_merges_and_records_evidence(identity: IdentityService) -> None:
+    k = identity.keys
+    [web] = await identity.resolve_batch([record(k, ("device_id", "cookie-1"))])
+    [account] = await identity.resolve_batch([record(k, ("email", "login@example.com"))])
+    result = await identity.link(
+        account.customer_id, [k.key("device_id", "cookie-1"), k.key("external", "42", "shop")], "login"
+    )
+    assert result.merged_ids == [web.customer_id]
+    graph = await identity.graph(account.customer_id)
+    assert {(link.id_type, link.value, link.namespace) for link in graph.links} == {
+        ("email", "login@example.com", ""),
+        ("device_id", "cookie-1", ""),
+        ("external", "42", "shop"),
+    }
+    assert {link.row.source for link in graph.links if link.id_type == "external"} == {"link"}
+
+
+async def test_nothing_is_stored_in_plaintext(identity: IdentityService) -> None:
+    k = identity.keys
+    person = {
+        "given_name": "Zebediah",
+        "surname": "Quxworth",
+        "date_of_birth": "19700101",
+        "address": "9 Elm Road",
+        "postcode": "9999",
+        "city": "Springfield",
+    }
+    await identity.resolve_batch(
+        [record(k, ("email", "secret.person@example.com"), ("phone", "+14155550199"), person=person)]
+    )
+    async with identity.db.sessions() as session:
+        dump: list[str] = []
+        for table in ("identifier", "person", "person_block", "customer", "outbox", "match_pattern"):
+            rows = await session.execute(text(f"SELECT * FROM {table}"))
+            dump.extend(repr(tuple(row)) for row in rows)
+    blob = "\n".join(dump).lower()
+    for secret in ("secret", "example.com", "4155550199", "zebediah", "quxworth", "elm", "springfield", "19700101"):
+        assert secret not in blob
+
+
+async def test_rekey_reencrypts_with_the_active_key(database: Database, identity: IdentityService) -> None:
+    k = identity.keys
+    [a] = await identity.resolve_batch(
+        [record(k, ("email", "r@example.com"), person={"given_name": "Rita", "surname": "Ko"})]
+    )
+    rotated = IdentityService(database, identity.outbox, KeyMaker(keyring(active=2)))
+    outcome = await rotated.rekey(limit=1)
+    assert (outcome.rekeyed, outcome.remaining, outcome.active_key_id) == (1, 1, 2)
+    outcome = await rotated.rekey(limit=100)
+    assert (outcome.rekeyed, outcome.remaining) == (1, 0)
+    graph = await rotated.graph(a.customer_id)
+    assert [link.value for link in graph.links] == ["r@example.com"]
+    [again] = await rotated.resolve_batch([record(k, ("email", "r@example.com"))])
+    assert again.customer_id == a.customer_id

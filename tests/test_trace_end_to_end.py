@@ -13,7 +13,9 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from tailor.consent.v1 import consent_pb2 as pb
 from tailor.consent.v1 import consent_pb2_grpc
+from tailor.identity.v1 import identity_pb2, identity_pb2_grpc
 from tailor_cli.launcher import Platform
+from tailor_cli.registry import service_names
 
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -28,7 +30,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 @pytest.fixture(scope="module")
 def platform(start_platform: Callable[..., Platform], receiver: OtlpReceiver) -> Platform:
     return start_platform(
-        ["consent"],
+        service_names(),
         extra_env={"TAILOR_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     )
 
@@ -90,6 +92,41 @@ def test_set_consent_is_one_trace_across_grpc_database_outbox_and_bus(
     consumer = one(spans, Span.SPAN_KIND_CONSUMER, "tailor.consent.changed")
     assert consumer.parent_span_id == producer.span_id  # a child of the publish, not a new trace
     assert all(span.parent_span_id in by_id or span.span_id == server.span_id for span in spans)
+
+
+def test_identity_merge_is_one_trace_from_identity_to_consent(platform: Platform, receiver: OtlpReceiver) -> None:
+    with grpc.insecure_channel(platform.address("identity")) as channel:
+        identity = identity_pb2_grpc.IdentityServiceStub(channel)
+        customers = [
+            identity.Resolve(
+                identity_pb2.ResolveRequest(
+                    identifiers=[identity_pb2.Identifier(type="email", value=f"{uuid.uuid4().hex[:10]}@example.com")]
+                )
+            ).customer_id
+            for _ in range(2)
+        ]
+        trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+        identity.Merge(
+            identity_pb2.MergeRequest(survivor_id=customers[0], absorbed_ids=[customers[1]], reason="operator"),
+            metadata=(("traceparent", f"00-{trace_id}-{caller_span}-01"),),
+        )
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        consumers = [s for s in spans if s.kind == Span.SPAN_KIND_CONSUMER]
+        with_children = [c for c in consumers if any(s.parent_span_id == c.span_id for s in spans)]
+        return "tailor-consent" in {c.service for c in consumers} and len(with_children) == len(consumers)
+
+    spans = wait_for_spans(receiver, trace_id, complete)
+    server = one(spans, Span.SPAN_KIND_SERVER, "Merge")
+    assert (server.service, server.parent_span_id) == ("tailor-identity", caller_span)
+    producer = one(spans, Span.SPAN_KIND_PRODUCER, "tailor.identity.merged")
+    assert (producer.service, producer.parent_span_id) == ("tailor-identity", server.span_id)
+    consumers = [s for s in spans if s.kind == Span.SPAN_KIND_CONSUMER and "tailor.identity.merged" in s.name]
+    assert "tailor-consent" in {c.service for c in consumers}  # and every other service that folds merges
+    for consumer in consumers:
+        assert consumer.parent_span_id == producer.span_id  # a child of the publish, not a new trace
+        # the consumer's own work for the merge (its SQL) hangs under its span, in the same trace
+        assert any(s.service == consumer.service and s.parent_span_id == consumer.span_id for s in spans)
 
 
 def test_health_checks_are_not_traced(platform: Platform, receiver: OtlpReceiver) -> None:

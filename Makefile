@@ -27,8 +27,9 @@ setup: $(BIN)/python libs/proto/src/tailor/__init__.py  ## virtual env, packages
 proto: $(BIN)/python  ## regenerate Python code from protos/
 	$(BIN)/python libs/proto/generate.py
 
-run: setup  ## the whole platform on this machine, embedded PostgreSQL and NATS (Ctrl-C stops)
-	$(BIN)/tailor up $(ARGS)
+DEMO_PEOPLE ?= 1000
+run: setup  ## the whole platform with a demo population (DEMO_PEOPLE=0 skips it); Ctrl-C stops
+	$(BIN)/tailor up --demo-people $(DEMO_PEOPLE) $(ARGS)
 
 test: setup  ## every test: unit, integration (real PostgreSQL and NATS), end to end, chart
 	$(BIN)/pytest $(ARGS)

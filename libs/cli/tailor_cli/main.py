@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +39,7 @@ def up(
         ".tailor"
     ),
     services: Annotated[str | None, typer.Option(help="Comma-separated subset, e.g. consent,identity.")] = None,
+    demo_people: Annotated[int, typer.Option(help="Load a demo population of this size (0: none).", min=0)] = 1000,
 ) -> None:
     """Run the whole platform in the foreground; Ctrl-C or SIGTERM stops everything cleanly."""
     _select(services)  # a misspelt name fails here, before anything starts
@@ -53,6 +55,8 @@ def up(
             with console.status(f"starting {name}…"):
                 platform.wait_serving(platform.start_service(name))
         console.print(_status_table(platform))
+        if demo_people and "profile" in platform.running:
+            _load_demo(platform, demo_people)
         console.print(f"data in [bold]{platform.data_dir}[/], logs in [bold]{platform.data_dir / 'logs'}[/]")
         console.print("Ctrl-C to stop")
         while not stop.wait(1.0):
@@ -66,6 +70,14 @@ def up(
         with console.status("stopping…"):
             platform.stop()
         console.print("stopped")
+
+
+def _load_demo(platform: Platform, people: int) -> None:
+    """Generate (once per data directory) and ingest a demo population, then show how to look."""
+    from tailor_profile.demo.cli import load_demo  # only where the profile service is installed
+
+    for line in load_demo(platform.address("profile"), people, out=platform.data_dir / "demo"):
+        console.print(line)
 
 
 def _status_table(platform: Platform) -> Table:
@@ -130,6 +142,12 @@ def health(
     raise typer.Exit(0 if status == "SERVING" else 1)
 
 
+def _add_service_commands() -> None:
+    """Sub-commands that installed service packages bring (entry points `tailor.commands`)."""
+    for entry in entry_points(group="tailor.commands"):
+        app.command(entry.name)(entry.load())
+
+
 @app.command("services")
 def list_services() -> None:
     """The services installed in this environment."""
@@ -139,3 +157,6 @@ def list_services() -> None:
     for name, spec in registry.available_services().items():
         table.add_row(name, str(spec.settings_class.default_port))
     console.print(table)
+
+
+_add_service_commands()

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,12 +58,14 @@ class Runtime:
 @dataclass
 class Components:
     """What a service contributes: servicers (registered by `register`), the full names of its gRPC
-    services (for health and reflection), durable subscriptions and per-replica listeners."""
+    services (for health and reflection), durable subscriptions, per-replica listeners, and
+    background tasks (started once the database and NATS are up, cancelled on shutdown)."""
 
     register: Callable[[grpc.aio.Server], None]
     service_names: list[str]
     subscriptions: list[Subscription] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class ServiceProcess:
         self._tasks.append(asyncio.create_task(self.outbox.run(self._jetstream()), name="outbox-relay"))
         for consumer in self.consumers:
             self._tasks.append(asyncio.create_task(consumer.run(self._jetstream()), name=consumer.durable))
+        for work in self.components.background:
+            self._tasks.append(asyncio.create_task(work(), name=getattr(work, "__name__", "background")))
         self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
 
     def _jetstream(self) -> JetStreamContext:

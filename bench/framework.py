@@ -1,0 +1,109 @@
+"""What a benchmark is: its figures (with targets) and a function that measures them."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+SCRATCH_DIR = BENCH_DIR / "out"
+"""Data directories and logs of benchmark runs (git-ignored)."""
+
+_COMPARISONS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+
+
+@dataclass(frozen=True)
+class Target:
+    comparison: str
+    """">=" or "<="."""
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.comparison not in _COMPARISONS:
+            raise ValueError(f"unknown comparison {self.comparison!r}")
+
+    def met_by(self, value: float) -> bool:
+        return _COMPARISONS[self.comparison](value, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.comparison} {self.value:,g}"
+
+
+def at_least(value: float) -> Target:
+    return Target(">=", value)
+
+
+def at_most(value: float) -> Target:
+    return Target("<=", value)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured number: its key in results.json, what it is, and optionally its target."""
+
+    key: str
+    label: str
+    unit: str = ""
+    target: Target | None = None
+
+
+Steps = Callable[[int], None]
+
+
+class Reporter:
+    """What a benchmark uses to show progress: steps with or without a known total, and notes."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    @contextmanager
+    def step(self, description: str, total: float | None = None) -> Iterator[Steps]:
+        task = self._progress.add_task(description, total=total)
+
+        def advance(amount: int = 1) -> None:
+            self._progress.advance(task, amount)
+
+        try:
+            yield advance
+        finally:
+            self._progress.update(task, total=total or 1, completed=total or 1)
+            self._progress.stop_task(task)
+
+    def note(self, message: str) -> None:
+        self._progress.console.print(f"  [dim]{message}[/dim]")
+
+
+@dataclass
+class Context:
+    """Given to a benchmark's run function."""
+
+    report: Reporter
+    smoke: bool = False
+    """A quick run with tiny sizes to check that the benchmark works; its figures are not recorded."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    run: Callable[[Context], dict[str, float]]
+    figures: list[Figure]
+    notes: list[str] = field(default_factory=list)
+    """Shown under the table in RESULTS.md: what the figures mean and how they were measured."""
+
+
+def progress_display(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )

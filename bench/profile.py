@@ -1,0 +1,303 @@
+"""The profile benchmark: sustained ingestion through identity and profile, GetProfile latency, and
+the profile process's peak memory.
+
+1. Start PostgreSQL, NATS, identity and profile (the launcher, each service its own process).
+2. Generate the demo population (tailor_profile.demo, seeded) sized to ~1,000,000 events over
+   ~100,000 people, in batches of 500 (people in groups, each group's events in time order).
+3. Ingest every batch once through IngestEvents at concurrency 4 (bench/loadgen.py, 2 processes):
+   identity.ResolveBatch per batch, events stored, traits updated, profile.updated in the outbox.
+   The figure counts until the outbox relay has published the last profile.updated.
+4. The same client sends the first batches to a no-op IngestEvents servicer (this module, run as
+   `python -m bench.profile noop PORT`: it parses the request and answers "accepted" for each
+   event), for the ratio.
+5. GetProfile by customer id at concurrency 8 over random stored profiles.
+6. Peak RSS of the profile process (VmHWM) after all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tailor.profile.v1 import profile_pb2 as pb
+from tailor_cli.embedded import free_port
+from tailor_cli.launcher import Platform, health_status
+from tailor_profile.demo.generator import DemoConfig, interleaved, person_events, population
+
+from bench.framework import REPO_ROOT, SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most
+from bench.loadgen import LoadSpec, Server, run_load
+
+INGEST_METHOD = "/tailor.profile.v1.ProfileService/IngestEvents"
+GET_METHOD = "/tailor.profile.v1.ProfileService/GetProfile"
+SERVICE = pb.DESCRIPTOR.services_by_name["ProfileService"].full_name
+SEED = 20261125
+BATCH = 500
+GROUP = 400
+"""People whose events are interleaved in time order before being cut into batches."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    people: int
+    sessions_per_week: float
+    ingest_concurrency: int
+    noop_batches: int
+    get_requests: int
+    warmup_s: float
+    duration_s: float
+
+
+FULL = Sizes(100_000, 0.037, 4, 300, 50_000, 2.0, 10.0)
+SMOKE = Sizes(1_000, 0.036, 4, 10, 2_000, 0.5, 2.0)
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+
+def ingest_requests(sizes: Sizes, report: Reporter) -> tuple[list[bytes], int]:
+    """Serialized IngestEventsRequests of BATCH events each, and the number of events.
+
+    People are taken in groups; a group's events are in time order and cut into batches. The
+    groups are spread over as many lanes as calls in flight, and the lanes interleaved, so that
+    the batches in flight at one time come from different people (as from different channels)."""
+    config = DemoConfig(people=sizes.people, seed=SEED, days=365, sessions_per_week=sizes.sessions_per_week)
+    people = population(config).people
+    lanes: list[list[bytes]] = [[] for _ in range(sizes.ingest_concurrency)]
+    total = 0
+    with report.step(f"generating the events of {sizes.people:,} people", total=sizes.people) as advance:
+        for number, start in enumerate(range(0, len(people), GROUP)):
+            group = [event for person in people[start : start + GROUP] for event in person_events(person, config)]
+            ordered = interleaved(group)
+            for first in range(0, len(ordered), BATCH):
+                batch = ordered[first : first + BATCH]
+                lanes[number % len(lanes)].append(pb.IngestEventsRequest(events=batch).SerializeToString())
+                total += len(batch)
+            advance(min(GROUP, len(people) - start))
+    requests = [lane[position] for position in range(max(map(len, lanes))) for lane in lanes if position < len(lane)]
+    return requests, total
+
+
+async def _fetch(url: str, query: str) -> list[Any]:
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return list(await connection.fetch(query))
+    finally:
+        await connection.close()
+
+
+def backlog(url: str) -> int:
+    """profile.updated not yet published plus events still queued for identity."""
+    query = "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM pending_event) AS n"
+    return int(asyncio.run(_fetch(url, query))[0]["n"])
+
+
+def stored_events(url: str) -> int:
+    return int(asyncio.run(_fetch(url, "SELECT count(*) AS n FROM event"))[0]["n"])
+
+
+def wait_drained(url: str, timeout_s: float = 900.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while backlog(url):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the outbox or the queue of events waiting for identity did not drain")
+        time.sleep(0.2)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc status")
+
+
+# -- the no-op servicer -----------------------------------------------------------------------------
+
+
+async def _noop_ingest(request: pb.IngestEventsRequest, context: Any) -> pb.IngestEventsResponse:
+    return pb.IngestEventsResponse(
+        results=[pb.EventResult(event_id=e.id, status=pb.EVENT_STATUS_ACCEPTED) for e in request.events],
+        accepted=len(request.events),
+    )
+
+
+async def serve_noop(port: int) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    handlers = {
+        "IngestEvents": grpc.unary_unary_rpc_method_handler(
+            _noop_ingest,
+            request_deserializer=pb.IngestEventsRequest.FromString,
+            response_serializer=pb.IngestEventsResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(1.0)
+
+
+@contextmanager
+def running_noop(log_file: Path) -> Iterator[Server]:
+    port = free_port()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.profile", "noop", str(port)], cwd=REPO_ROOT, stdout=output, stderr=output
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while health_status(address) != "SERVING":
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the no-op server did not start; see {log_file}")
+            time.sleep(0.1)
+        yield Server(address, process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# -- the runs ---------------------------------------------------------------------------------------
+
+
+def ingest(platform: Platform, requests: list[bytes], events: int, sizes: Sizes, report: Reporter) -> dict[str, float]:
+    url = platform.service_database_url("profile")
+    spec = LoadSpec(platform.address("profile"), INGEST_METHOD, requests, sizes.ingest_concurrency, 2, once=True)
+    with report.step(f"ingesting {events:,} events in {len(requests):,} batches of {BATCH}"):
+        started = time.monotonic()
+        result = run_load(spec, SCRATCH_DIR / "profile" / "load")
+        wait_drained(url)
+        seconds = time.monotonic() - started
+    stored = stored_events(url)
+    report.note(
+        f"ingested {events:,} events ({stored:,} stored) in {seconds:.1f} s: {events / seconds:,.0f} events/s, "
+        f"p99 batch {result.percentile_ms(0.99):.0f} ms"
+    )
+    return {
+        "profile.ingest.events_per_s": round(events / seconds, 1),
+        "profile.ingest.p99_ms_batch500": round(result.percentile_ms(0.99), 1),
+    }
+
+
+def noop_rate(requests: list[bytes], sizes: Sizes, report: Reporter) -> float:
+    sample = requests[: sizes.noop_batches]
+    events = sum(len(pb.IngestEventsRequest.FromString(r).events) for r in sample)
+    step = report.step(f"no-op IngestEvents, {len(sample)} batches")
+    with step, running_noop(SCRATCH_DIR / "profile" / "noop.log") as noop:
+        spec = LoadSpec(noop.address, INGEST_METHOD, sample, sizes.ingest_concurrency, 2, once=True)
+        result = run_load(spec, SCRATCH_DIR / "profile" / "load-noop")
+    rate = events / result.seconds
+    report.note(f"no-op: {rate:,.0f} events/s")
+    return rate
+
+
+def get_profiles(platform: Platform, sizes: Sizes, report: Reporter) -> dict[str, float]:
+    url = platform.service_database_url("profile")
+    rows = asyncio.run(_fetch(url, "SELECT customer_id FROM profile_state"))
+    rng = random.Random(SEED)
+    customers = [row["customer_id"] for row in rows]
+    report.note(f"{len(customers):,} profiles stored")
+    requests = [
+        pb.GetProfileRequest(customer_id=rng.choice(customers)).SerializeToString() for _ in range(sizes.get_requests)
+    ]
+    running = platform.running["profile"]
+    spec = LoadSpec(
+        running.address,
+        GET_METHOD,
+        requests,
+        8,
+        2,
+        warmup_s=sizes.warmup_s,
+        duration_s=sizes.duration_s,
+        server_pid=running.process.pid,
+    )
+    with report.step(f"GetProfile, concurrency 8, {sizes.duration_s:g} s"):
+        result = run_load(spec, SCRATCH_DIR / "profile" / "load-get")
+    report.note(f"GetProfile c8: {result.qps:,.0f}/s, p50 {result.percentile_ms(0.5):.2f} ms")
+    return {
+        "profile.get.p99_ms_c8": round(result.percentile_ms(0.99), 3),
+        "profile.get.qps_c8": round(result.qps, 1),
+        "profile.stored_profiles": float(len(customers)),
+    }
+
+
+def run(context: Context) -> dict[str, float]:
+    sizes = SMOKE if context.smoke else FULL
+    scratch = SCRATCH_DIR / "profile"
+    shutil.rmtree(scratch, ignore_errors=True)
+    report = context.report
+    requests, events = ingest_requests(sizes, report)
+    with report.step("starting PostgreSQL, NATS, identity and profile"):
+        platform = Platform(scratch / "platform", services=["identity", "profile"], free_ports=True).start()
+    try:
+        report.note(f"logs: {scratch / 'platform' / 'logs'}")
+        figures = ingest(platform, requests, events, sizes, report)
+        figures["profile.ingest.events"] = float(events)
+        noop = noop_rate(requests, sizes, report)
+        figures["profile.ingest.noop_events_per_s"] = round(noop, 1)
+        figures["profile.ingest.ratio_to_noop"] = round(figures["profile.ingest.events_per_s"] / noop, 3)
+        figures.update(get_profiles(platform, sizes, report))
+        figures["profile.ingest.peak_rss_mb"] = round(peak_rss_mb(platform.running["profile"].process.pid), 1)
+        return figures
+    finally:
+        with report.step("stopping"):
+            platform.stop()
+
+
+BENCHMARK = Benchmark(
+    name="profile",
+    run=run,
+    figures=[
+        Figure("profile.ingest.events", "events ingested", ""),
+        Figure(
+            "profile.ingest.events_per_s",
+            "sustained ingestion, until profile.updated is published",
+            "/s",
+            at_least(10_000),
+        ),
+        Figure("profile.ingest.p99_ms_batch500", "IngestEvents p99 latency, batches of 500", "ms", at_most(150)),
+        Figure("profile.ingest.noop_events_per_s", "no-op IngestEvents servicer, same client", "/s"),
+        Figure("profile.ingest.ratio_to_noop", "ingestion rate / no-op rate"),
+        Figure("profile.ingest.peak_rss_mb", "peak RSS of the profile process", "MB"),
+        Figure("profile.get.p99_ms_c8", "GetProfile p99 latency, concurrency 8", "ms", at_most(10)),
+        Figure("profile.get.qps_c8", "GetProfile QPS, concurrency 8", "/s"),
+        Figure("profile.stored_profiles", "profiles stored when GetProfile was measured", ""),
+    ],
+    notes=[
+        "Data: the demo population (tailor_profile.demo, seed 20261125): 100,000 people over 365 days, "
+        "about 1,000,000 events; people in groups of 400, each group's events in time order, cut into "
+        "IngestEvents batches of 500.",
+        "Ingestion: every batch once at concurrency 4 (bench/loadgen.py, 2 client processes); each batch is "
+        "resolved with one identity.ResolveBatch, stored, folded into traits and announced with profile.updated "
+        "through the outbox. The rate counts until the outbox is empty (every profile.updated published) and "
+        "no event waits for identity any more (batches whose ResolveBatch missed its deadline are queued).",
+        "No-op: a grpc.aio IngestEvents servicer in its own process that parses the batch and answers "
+        "'accepted' per event, driven by the same client with the first batches.",
+        "GetProfile: random stored profiles by customer id, 2 s warm-up then 10 s, concurrency 8.",
+        "Everything (PostgreSQL, NATS, identity, profile, the clients) shares the machine's cores.",
+    ],
+)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["noop"]:
+        asyncio.run(serve_noop(int(sys.argv[2])))

@@ -1,0 +1,101 @@
+"""Calls to other services (identity, consent) with deadlines and trace propagation.
+
+Each client opens its channel on first use (inside the running event loop) and turns "the other
+service is down or slow" into `ServiceUnavailable`, which callers handle as a normal outcome:
+ingestion queues the batch, Customer 360 marks the section unavailable.
+"""
+
+from __future__ import annotations
+
+import grpc
+from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
+from tailor.identity.v1 import identity_pb2, identity_pb2_grpc
+from tailor_platform import telemetry
+
+UNREACHABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+
+
+class ServiceUnavailable(Exception):
+    """The other service did not answer in time, or failed in a way that a retry may fix."""
+
+
+class _Client:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel: grpc.aio.Channel | None = None
+
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address, interceptors=telemetry.client_interceptors())
+        return self._channel
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+def _unavailable(error: grpc.aio.AioRpcError, service: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f"{service}: {error.code().name}: {error.details()}")
+
+
+class IdentityClient(_Client):
+    def __init__(self, address: str, timeout_s: float) -> None:
+        super().__init__(address)
+        self.timeout_s = timeout_s
+
+    def stub(self) -> identity_pb2_grpc.IdentityServiceAsyncStub:
+        return identity_pb2_grpc.IdentityServiceStub(self.channel())
+
+    async def resolve_batch(self, records: list[identity_pb2.ResolveRequest]) -> identity_pb2.ResolveBatchResponse:
+        try:
+            response: identity_pb2.ResolveBatchResponse = await self.stub().ResolveBatch(
+                identity_pb2.ResolveBatchRequest(records=records), timeout=self.timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in UNREACHABLE:
+                raise _unavailable(error, "identity") from error
+            raise
+        return response
+
+    async def customer_of(self, identifier: identity_pb2.Identifier) -> str | None:
+        """The customer an identifier belongs to, or None when identity does not know it."""
+        try:
+            graph = await self.graph(identity_pb2.GetGraphRequest(identifier=identifier), self.timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return None
+            raise
+        return graph.merged_into or graph.customer_id or None
+
+    async def graph(self, request: identity_pb2.GetGraphRequest, timeout_s: float) -> identity_pb2.GetGraphResponse:
+        try:
+            response: identity_pb2.GetGraphResponse = await self.stub().GetGraph(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in UNREACHABLE:
+                raise _unavailable(error, "identity") from error
+            raise
+        return response
+
+
+class ConsentClient(_Client):
+    async def consents(self, customer_id: str, timeout_s: float) -> list[consent_pb2.Consent]:
+        stub = consent_pb2_grpc.ConsentServiceStub(self.channel())
+        try:
+            response = await stub.GetConsents(
+                consent_pb2.GetConsentsRequest(customer_id=customer_id), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in UNREACHABLE:
+                raise _unavailable(error, "consent") from error
+            raise
+        return list(response.consents)

@@ -1,0 +1,156 @@
+"""`tailor demo-data`: write a demo population as JSON Lines plus its ground truth, and optionally
+stream it into a running platform through ProfileService.IngestEvents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf import json_format
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from tailor.common.v1.common_pb2 import PageRequest
+from tailor.identity.v1 import identity_pb2
+from tailor.profile.v1 import profile_pb2 as pb
+from tailor.profile.v1 import profile_pb2_grpc
+
+from tailor_profile.demo.generator import DemoConfig, interleaved, population
+
+console = Console()
+BATCH = 500
+
+
+def write_population(config: DemoConfig, out: Path) -> tuple[Path, Path, int]:
+    """events.jsonl (global time order) and truth.json in `out`; returns the paths and the count."""
+    out.mkdir(parents=True, exist_ok=True)
+    people = population(config)
+    events = interleaved(list(people.events()))
+    events_path, truth_path = out / "events.jsonl", out / "truth.json"
+    with events_path.open("w") as output:
+        for event in events:
+            output.write(json.dumps(json_format.MessageToDict(event), separators=(",", ":")) + "\n")
+    truth_path.write_text(json.dumps(people.truth(), indent=1))
+    return events_path, truth_path, len(events)
+
+
+def read_events(path: Path) -> Iterator[pb.Event]:
+    with path.open() as lines:
+        for line in lines:
+            yield json_format.ParseDict(json.loads(line), pb.Event())
+
+
+def batches(events: Iterable[pb.Event], size: int = BATCH) -> Iterator[list[pb.Event]]:
+    batch: list[pb.Event] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def send(address: str, events_path: Path, total: int) -> dict[str, int]:
+    """Stream the file into IngestEvents with a progress bar; returns the outcome counts."""
+    counts = {"accepted": 0, "duplicates": 0, "rejected": 0, "queued": 0}
+    columns = (TextColumn("ingesting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with grpc.insecure_channel(address) as channel, Progress(*columns, console=console) as progress:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        task = progress.add_task("events", total=total)
+        for batch in batches(read_events(events_path)):
+            response = stub.IngestEvents(pb.IngestEventsRequest(events=batch), timeout=60)
+            counts["accepted"] += response.accepted
+            counts["duplicates"] += response.duplicates
+            counts["rejected"] += response.rejected
+            counts["queued"] += response.queued
+            progress.advance(task, len(batch))
+    return counts
+
+
+def demo_data(
+    people: Annotated[int, typer.Option(help="How many people.", min=1)] = 1000,
+    seed: Annotated[int, typer.Option(help="Same seed, same population.")] = 42,
+    days: Annotated[int, typer.Option(help="Length of the history in days.", min=7)] = 365,
+    end: Annotated[str, typer.Option(help="Last day of the history (YYYY-MM-DD); default today.")] = "",
+    churn_share: Annotated[float, typer.Option(help="Share of people who stop buying partway.")] = 0.2,
+    out: Annotated[Path, typer.Option(help="Where events.jsonl and truth.json go.")] = Path(".tailor/demo"),
+    send_to: Annotated[
+        str, typer.Option("--send", help="host:port of a running profile service to stream the events into.")
+    ] = "",
+) -> None:
+    """Generate a seeded omnichannel retail population with ground truth; optionally ingest it."""
+    config = DemoConfig(people=people, seed=seed, days=days, churn_share=churn_share)
+    if end:
+        day = datetime.strptime(end, "%Y-%m-%d").replace(tzinfo=UTC)
+        config = DemoConfig(people=people, seed=seed, days=days, churn_share=churn_share, end=day)
+    with console.status(f"generating {people} people…"):
+        events_path, truth_path, count = write_population(config, out)
+    console.print(f"wrote {count} events to [bold]{events_path}[/] and the ground truth to [bold]{truth_path}[/]")
+    if send_to:
+        counts = send(send_to, events_path, count)
+        console.print(", ".join(f"{name}: {value}" for name, value in counts.items()))
+
+
+def load_demo(address: str, people: int = 1000, seed: int = 42, out: Path = Path(".tailor/demo")) -> list[str]:
+    """What `tailor up` (and so `make run`) calls once the platform is up: generate the demo
+    population, stream it into profile, and return example commands to look at a customer.
+    A data directory where the demo was loaded before is not loaded again."""
+    marker = out / "loaded"
+    if marker.exists():
+        return example_commands(out / "truth.json")
+    config = DemoConfig(people=people, seed=seed)
+    with console.status(f"generating a demo population of {people} people…"):
+        events_path, truth_path, count = write_population(config, out)
+    counts = send(address, events_path, count)
+    console.print("demo data: " + ", ".join(f"{name} {value}" for name, value in counts.items()))
+    marker.write_text(json.dumps(counts))
+    return example_commands(truth_path)
+
+
+def example_commands(truth_path: Path, count: int = 3) -> list[str]:
+    truth = json.loads(truth_path.read_text())
+    persons = [p for p in truth["persons"] if p["orders"]][:count]
+    commands = []
+    for person in persons:
+        email = next(i["value"] for i in person["identifiers"] if i["type"] == "email")
+        commands.append(f"tailor profile --email {email}")
+    if persons:
+        commands.append(f"tailor profile --email {email} --events 5")
+    return commands
+
+
+def show_profile(
+    customer_id: Annotated[str, typer.Argument(help="A customer id (or use --email).")] = "",
+    email: Annotated[str, typer.Option(help="Find the customer by email.")] = "",
+    events: Annotated[int, typer.Option(help="Also show this many latest events.")] = 0,
+    address: Annotated[str, typer.Option(help="host:port of the profile service.")] = "127.0.0.1:50052",
+) -> None:
+    """Show a customer's profile (attributes and computed traits) and latest events as JSON."""
+    if not customer_id and not email:
+        raise typer.BadParameter("give a customer id or --email")
+    request = pb.GetProfileRequest(customer_id=customer_id)
+    if email:
+        request = pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="email", value=email))
+    with grpc.insecure_channel(address) as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        profile = stub.GetProfile(request, timeout=10)
+        console.print_json(json_format.MessageToJson(profile))
+        if events:
+            page = stub.ListEvents(
+                pb.ListEventsRequest(customer_id=profile.customer_id, page=PageRequest(page_size=events)), timeout=10
+            )
+            for entry in page.events:
+                console.print_json(json_format.MessageToJson(entry.event))
+
+
+def main() -> None:  # pragma: no cover - `python -m tailor_profile.demo.cli`
+    typer.run(demo_data)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,347 @@
+"""Profile use cases: ingestion, identity merges, attributes, and reads.
+
+Ingesting a batch: validate every event (bad ones are rejected alone), resolve all of them with ONE
+identity.ResolveBatch call, then one transaction of a few set-based statements: lock the customers,
+follow merge aliases, insert the events (a known id is a duplicate and changes nothing), load the
+customers' trait states, fold the new events in, save the states, and write profile.updated with
+the traits that changed to the outbox. When identity is unreachable the valid events are stored in
+`pending_event` instead and resolved by `resolve_pending` when it is back: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+from tailor.events.v1.envelope_pb2 import Envelope
+from tailor.identity.v1.identity_pb2 import Identifier, ResolveRequest
+from tailor.profile.v1 import profile_pb2 as pb
+from tailor_platform.bus.envelope import new_envelope
+from tailor_platform.bus.outbox import Outbox
+from tailor_platform.db import Database
+
+from tailor_profile import events
+from tailor_profile.clients import IdentityClient, ServiceUnavailable
+from tailor_profile.domain.model import EventFacts
+from tailor_profile.domain.traits import (
+    Traits,
+    TraitSettings,
+    TraitState,
+    apply,
+    changed_traits,
+    combine,
+    evaluate,
+    prune,
+)
+from tailor_profile.intake import Candidate, Intake, Rejection, resolve_request
+from tailor_profile.store import AttributeValue, EventRow, ProfileStore, StoredEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DEADLOCK_RETRIES = 3
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    QUEUED = "queued"
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    index: int
+    event_id: str
+    status: Status
+    customer_id: str = ""
+    field: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    customer_id: str
+    state: TraitState | None
+    traits: Traits | None
+    attributes: list[AttributeValue]
+    now: int
+
+
+@dataclass(frozen=True)
+class Resolved:
+    candidate: Candidate
+    customer_id: str
+
+
+class ProfileService:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        identity: IdentityClient,
+        intake: Intake,
+        settings: TraitSettings,
+        store: ProfileStore | None = None,
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.identity = identity
+        self.intake = intake
+        self.settings = settings
+        self.store = store or ProfileStore()
+
+    # -- ingestion ----------------------------------------------------------------------------
+
+    async def ingest(self, batch: Sequence[pb.Event], session: AsyncSession | None = None) -> list[EventOutcome]:
+        """Ingest a batch; one outcome per event, in order. With `session` (a bus consumer's), all
+        writes join that transaction; otherwise the batch commits on its own."""
+        now = datetime.now(UTC)
+        candidates, rejections = self.intake.check_batch(batch, now)
+        outcomes = [_rejected(r) for r in rejections]
+        candidates, repeats = _first_of_each_id(candidates)
+        outcomes += [EventOutcome(c.index, c.event.id, Status.DUPLICATE) for c in repeats]
+        if candidates:
+            outcomes += await self._resolve_and_store(candidates, now, session)
+        return sorted(outcomes, key=lambda outcome: outcome.index)
+
+    async def _resolve_and_store(
+        self, candidates: list[Candidate], now: datetime, session: AsyncSession | None, *, queue: bool = True
+    ) -> list[EventOutcome]:
+        """Resolve through identity and store; when identity is unreachable, queue the events
+        (or, with `queue=False`, raise ServiceUnavailable: the caller keeps them where they are)."""
+        requests, slot_of = _distinct_requests(candidates)
+        try:
+            response = await self.identity.resolve_batch(requests)
+        except ServiceUnavailable as error:
+            if not queue:
+                raise
+            log.warning("identity unreachable, queueing %d events: %s", len(candidates), error)
+            return await self._in_transaction(session, lambda s: self._queue(s, candidates))
+        failed = {error.index: error for error in response.errors}
+        outcomes = []
+        resolved = []
+        for candidate, slot in zip(candidates, slot_of, strict=True):
+            customer_id = response.results[slot].customer_id if slot < len(response.results) else ""
+            problem = failed.get(slot)
+            if problem is not None or not customer_id:
+                field = f"identifiers.{problem.field}" if problem is not None and problem.field else "identifiers"
+                reason = problem.description if problem is not None else "identity resolved no customer"
+                outcomes.append(EventOutcome(candidate.index, candidate.event.id, Status.REJECTED, "", field, reason))
+            else:
+                resolved.append(Resolved(candidate, customer_id))
+        stored = await self._in_transaction(session, lambda s: self.store_resolved(s, resolved, now))
+        return outcomes + stored
+
+    async def _in_transaction(self, session: AsyncSession | None, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        if session is not None:
+            return await work(session)
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                async with self.db.transaction() as own:
+                    return await work(own)
+            except DBAPIError as error:
+                if "deadlock" not in str(error).lower() or attempt == DEADLOCK_RETRIES - 1:
+                    raise
+                log.info("deadlock between batches; retrying")
+        raise AssertionError("unreachable")
+
+    async def _queue(self, session: AsyncSession, candidates: list[Candidate]) -> list[EventOutcome]:
+        known = await self.store.stored_event_ids(session, [c.event.id for c in candidates])
+        waiting = [c for c in candidates if c.event.id not in known]
+        await self.store.add_pending(session, [(c.event.id, c.event.SerializeToString()) for c in waiting])
+        return [
+            EventOutcome(c.index, c.event.id, Status.DUPLICATE if c.event.id in known else Status.QUEUED)
+            for c in candidates
+        ]
+
+    async def store_resolved(
+        self, session: AsyncSession, resolved: Sequence[Resolved], now: datetime
+    ) -> list[EventOutcome]:
+        """Append resolved events to their customers' timelines and fold them into the traits."""
+        if not resolved:
+            return []
+        customers = {r.customer_id for r in resolved}
+        await self.store.lock_customers(session, customers)
+        survivors = await self.store.survivors(session, list(customers))
+        if survivors:
+            await self.store.lock_customers(session, survivors.values())
+        rows = [
+            EventRow(
+                item.candidate.event.id,
+                survivors.get(item.customer_id, item.customer_id),
+                item.candidate.event.type,
+                item.candidate.event.channel,
+                _datetime(item.candidate.facts.at),
+                item.candidate.event.SerializeToString(),
+            )
+            for item in resolved
+        ]
+        new_ids = await self.store.insert_events(session, rows)
+        fresh: dict[str, list[EventFacts]] = defaultdict(list)
+        for row, item in zip(rows, resolved, strict=True):
+            if row.event_id in new_ids:
+                fresh[row.customer_id].append(item.candidate.facts)
+        await self._fold(session, fresh, int(now.timestamp()))
+        return [
+            EventOutcome(
+                item.candidate.index,
+                row.event_id,
+                Status.ACCEPTED if row.event_id in new_ids else Status.DUPLICATE,
+                row.customer_id,
+            )
+            for row, item in zip(rows, resolved, strict=True)
+        ]
+
+    async def _fold(self, session: AsyncSession, fresh: dict[str, list[EventFacts]], now: int) -> None:
+        """Fold new events into their customers' states and announce the traits that changed."""
+        if not fresh:
+            return
+        states = await self.store.load_states(session, list(fresh))
+        envelopes = []
+        for customer_id, facts in fresh.items():
+            state = states.get(customer_id)
+            before = evaluate(state, now, self.settings).flat() if state is not None else {}
+            state = states[customer_id] = state or TraitState()
+            for fact in facts:
+                apply(state, fact, self.settings)
+            prune(state, now)
+            changed = changed_traits(before, evaluate(state, now, self.settings).flat())
+            if changed:
+                envelopes.append(self._updated(customer_id, changed, "events", len(facts)))
+        await self.store.save_states(session, states)
+        await self.outbox.add_many(session, envelopes)
+
+    def _updated(self, customer_id: str, changed: dict[str, Any], cause: str, count: int) -> Envelope:
+        return new_envelope(
+            events.PROFILE_UPDATED,
+            self.outbox.source,
+            events.profile_updated(customer_id, changed, cause, count),
+            customer_id=customer_id,
+        )
+
+    async def resolve_pending(self, limit: int = 500) -> int:
+        """Resolve and store events queued while identity was unreachable; returns how many were
+        handled (0 when none wait or identity is still unreachable)."""
+        async with self.db.transaction() as session:
+            waiting = await self.store.take_pending(session, limit)
+            if not waiting:
+                return 0
+            batch = [pb.Event.FromString(payload) for _, payload in waiting]
+            now = datetime.now(UTC)
+            candidates, rejections = self.intake.check_batch(batch, now)
+            for rejection in rejections:
+                log.error("dropping a queued event that is no longer valid: %s", rejection)
+            try:
+                outcomes = await self._resolve_and_store(candidates, now, session, queue=False) if candidates else []
+            except ServiceUnavailable:
+                return 0  # they stay queued
+            for outcome in outcomes:
+                if outcome.status == Status.REJECTED:
+                    log.error("identity rejected queued event %s: %s", outcome.event_id, outcome.reason)
+            await self.store.delete_pending(session, [event_id for event_id, _ in waiting])
+        return len(waiting)
+
+    async def pending_count(self) -> int:
+        async with self.db.sessions() as session:
+            return await self.store.count_pending(session)
+
+    # -- identity merges ------------------------------------------------------------------------
+
+    async def merge(self, session: AsyncSession, survivor_id: str, absorbed_ids: Sequence[str], merge_id: str) -> None:
+        """Fold the absorbed customers into the survivor, exactly as if all their events had been
+        ingested under the survivor (trait states are commutative, so combining them is exact)."""
+        everyone = [survivor_id, *absorbed_ids]
+        await self.store.lock_customers(session, everyone)
+        states = await self.store.load_states(session, everyone)
+        now = int(datetime.now(UTC).timestamp())
+        survivor = states.get(survivor_id)
+        before = evaluate(survivor, now, self.settings).flat() if survivor is not None else {}
+        merged = survivor or TraitState()
+        for absorbed in absorbed_ids:
+            if absorbed in states:
+                merged = combine(merged, states[absorbed], self.settings)
+        prune(merged, now)
+        await self.store.move_timeline(session, absorbed_ids, survivor_id)
+        await self.store.move_attributes(session, absorbed_ids, survivor_id)
+        await self.store.add_aliases(session, absorbed_ids, survivor_id, merge_id)
+        await self.store.delete_states(session, absorbed_ids)
+        if merged.events or survivor is not None:
+            await self.store.save_states(session, {survivor_id: merged})
+            changed = changed_traits(before, evaluate(merged, now, self.settings).flat())
+            if changed:
+                await self.outbox.add_many(session, [self._updated(survivor_id, changed, "merge", 0)])
+
+    # -- attributes and reads -------------------------------------------------------------------
+
+    async def update_attributes(self, customer_id: str, values: Sequence[AttributeValue]) -> str:
+        """Returns the customer the attributes landed on (the survivor if it was merged away)."""
+        async with self.db.transaction() as session:
+            await self.store.lock_customers(session, [customer_id])
+            customer_id = (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id)
+            changed = await self.store.upsert_attributes(session, customer_id, values)
+            if changed:
+                current = {a.name: a.value for a in await self.store.attributes(session, customer_id)}
+                update = {f"attribute.{v.name}": current.get(v.name, "") for v in values}
+                await self.outbox.add_many(session, [self._updated(customer_id, update, "attributes", 0)])
+        return customer_id
+
+    async def profile(self, customer_id: str) -> ProfileView:
+        async with self.db.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            customer_id, state, attributes = await self.store.profile_of(raw.driver_connection, customer_id)
+        now = int(datetime.now(UTC).timestamp())
+        traits = evaluate(state, now, self.settings) if state is not None else None
+        return ProfileView(customer_id, state, traits, attributes, now)
+
+    async def customer_by_identifier(self, identifier: Identifier) -> str | None:
+        return await self.identity.customer_of(identifier)
+
+    async def timeline(self, customer_id: str, **filters: Any) -> tuple[str, list[StoredEvent]]:
+        async with self.db.sessions() as session:
+            customer_id = (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id)
+            return customer_id, await self.store.timeline(session, customer_id, **filters)
+
+
+def _datetime(epoch_s: int) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+def _rejected(rejection: Rejection) -> EventOutcome:
+    return EventOutcome(rejection.index, rejection.event_id, Status.REJECTED, "", rejection.field, rejection.reason)
+
+
+def _distinct_requests(candidates: Sequence[Candidate]) -> tuple[list[ResolveRequest], list[int]]:
+    """One resolve record per distinct (identifiers, person) of the batch, and each candidate's
+    record: a session's many events usually carry the same identifiers, and they resolve alike,
+    so identity does that work once (the batch is still one ResolveBatch call)."""
+    slots: dict[bytes, int] = {}
+    requests: list[ResolveRequest] = []
+    slot_of = []
+    for candidate in candidates:
+        request = resolve_request(candidate.event)
+        key = request.SerializeToString(deterministic=True)
+        slot = slots.get(key)
+        if slot is None:
+            slot = slots[key] = len(requests)
+            requests.append(request)
+        slot_of.append(slot)
+    return requests, slot_of
+
+
+def _first_of_each_id(candidates: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
+    """Events of the batch with a new id, and repeats of an id earlier in the same batch."""
+    seen: set[str] = set()
+    first: list[Candidate] = []
+    repeats: list[Candidate] = []
+    for candidate in candidates:
+        (repeats if candidate.event.id in seen else first).append(candidate)
+        seen.add(candidate.event.id)
+    return first, repeats

@@ -1,0 +1,376 @@
+"""Profile tables and queries.
+
+The ingestion path is set-based: every query takes a whole batch (arrays unnested in PostgreSQL),
+so a batch of 1,000 events costs a handful of statements, never one per event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+from tailor_platform.db import NAMING_CONVENTION
+
+from tailor_profile.domain.traits import TraitState
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+event = Table(
+    "event",
+    metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("customer_id", String(128), nullable=False),
+    Column("type", String(128), nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The event exactly as received (tailor.profile.v1.Event), for ListEvents and replays.
+    Column("payload", LargeBinary, nullable=False),
+    Index("ix_event_customer_timeline", "customer_id", "occurred_at", "event_id"),
+)
+
+profile_state = Table(
+    "profile_state",
+    metadata,
+    Column("customer_id", String(128), primary_key=True),
+    # TraitState.to_json(): order-independent aggregates, traits are evaluated from it at read time.
+    Column("state", JSONB, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+profile_attribute = Table(
+    "profile_attribute",
+    metadata,
+    Column("customer_id", String(128), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("value", String(1000), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+customer_alias = Table(
+    "customer_alias",
+    metadata,
+    # A customer identity merged into another: events that still arrive for it go to the survivor.
+    Column("absorbed_id", String(128), primary_key=True),
+    Column("survivor_id", String(128), nullable=False),
+    Column("merge_id", String(128), nullable=False),
+    Column("merged_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+pending_event = Table(
+    "pending_event",
+    metadata,
+    # Valid events accepted while identity was unreachable; resolved and applied when it returns.
+    Column("event_id", String(128), primary_key=True),
+    Column("payload", LargeBinary, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("seq", BigInteger, Identity(), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    event_id: str
+    customer_id: str
+    type: str
+    channel: str
+    occurred_at: datetime
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    customer_id: str
+    occurred_at: datetime
+    received_at: datetime
+    payload: bytes
+    event_id: str
+
+
+@dataclass(frozen=True)
+class AttributeValue:
+    name: str
+    value: str
+    source: str
+    updated_at: datetime
+
+
+PROFILE_QUERY = (
+    "WITH target AS (SELECT coalesce("
+    "(SELECT survivor_id FROM customer_alias WHERE absorbed_id = $1), $1::text) AS id) "
+    "SELECT t.id AS customer_id, s.state AS state, (SELECT coalesce(json_agg(json_build_array("
+    "a.name, a.value, a.source, a.updated_at) ORDER BY a.name), '[]'::json) "
+    "FROM profile_attribute a WHERE a.customer_id = t.id) AS attributes "
+    "FROM target t LEFT JOIN profile_state s ON s.customer_id = t.id"
+)
+
+
+class ProfileStore:
+    """Queries; every method runs in the caller's session (and so in its transaction)."""
+
+    async def lock_customers(self, session: AsyncSession, customer_ids: Iterable[str]) -> None:
+        """Serialise writers of the same customers (also ones with no row yet) until commit.
+        Locks are taken in one fixed order, so two batches never deadlock on each other."""
+        keys = sorted(set(customer_ids))
+        if keys:
+            await session.execute(
+                text(
+                    "SELECT pg_advisory_xact_lock(k) FROM "
+                    "(SELECT DISTINCT hashtextextended(c, 7) AS k FROM unnest(CAST(:ids AS text[])) c ORDER BY 1) s"
+                ),
+                {"ids": keys},
+            )
+
+    async def survivors(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, str]:
+        """Absorbed id -> the customer it was merged into, for those of `customer_ids` merged away."""
+        if not customer_ids:
+            return {}
+        rows = await session.execute(
+            text("SELECT absorbed_id, survivor_id FROM customer_alias WHERE absorbed_id = ANY(:ids)"),
+            {"ids": list(set(customer_ids))},
+        )
+        return {row.absorbed_id: row.survivor_id for row in rows}
+
+    async def insert_events(self, session: AsyncSession, rows: Sequence[EventRow]) -> set[str]:
+        """Store new events; returns the ids that were new (a known id is a duplicate)."""
+        if not rows:
+            return set()
+        result = await session.execute(
+            text(
+                "INSERT INTO event (event_id, customer_id, type, channel, occurred_at, payload) "
+                "SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:customers AS text[]), CAST(:types AS text[]), "
+                "CAST(:channels AS text[]), CAST(:times AS timestamptz[]), CAST(:payloads AS bytea[])) "
+                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            ),
+            {
+                "ids": [r.event_id for r in rows],
+                "customers": [r.customer_id for r in rows],
+                "types": [r.type for r in rows],
+                "channels": [r.channel for r in rows],
+                "times": [r.occurred_at for r in rows],
+                "payloads": [r.payload for r in rows],
+            },
+        )
+        return set(result.scalars())
+
+    async def stored_event_ids(self, session: AsyncSession, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        result = await session.execute(
+            text("SELECT event_id FROM event WHERE event_id = ANY(:ids)"), {"ids": list(event_ids)}
+        )
+        return set(result.scalars())
+
+    async def load_states(
+        self, session: AsyncSession, customer_ids: Sequence[str], *, lock: bool = False
+    ) -> dict[str, TraitState]:
+        if not customer_ids:
+            return {}
+        rows = await session.execute(
+            text(
+                "SELECT customer_id, state FROM profile_state WHERE customer_id = ANY(:ids)"
+                + (" FOR UPDATE" if lock else "")
+            ),
+            {"ids": list(customer_ids)},
+        )
+        return {row.customer_id: TraitState.from_json(row.state) for row in rows}
+
+    async def save_states(self, session: AsyncSession, states: dict[str, TraitState]) -> None:
+        if not states:
+            return
+        await session.execute(
+            text(
+                "INSERT INTO profile_state (customer_id, state, updated_at) "
+                "SELECT c, CAST(s AS jsonb), now() "
+                "FROM unnest(CAST(:ids AS text[]), CAST(:states AS text[])) AS t(c, s) "
+                "ON CONFLICT (customer_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at"
+            ),
+            {
+                "ids": list(states),
+                "states": [json.dumps(state.to_json(), separators=(",", ":")) for state in states.values()],
+            },
+        )
+
+    async def delete_states(self, session: AsyncSession, customer_ids: Sequence[str]) -> None:
+        await session.execute(
+            text("DELETE FROM profile_state WHERE customer_id = ANY(:ids)"), {"ids": list(customer_ids)}
+        )
+
+    async def move_timeline(self, session: AsyncSession, absorbed_ids: Sequence[str], survivor_id: str) -> int:
+        result = await session.execute(
+            text("UPDATE event SET customer_id = :survivor WHERE customer_id = ANY(:ids)"),
+            {"survivor": survivor_id, "ids": list(absorbed_ids)},
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def add_aliases(
+        self, session: AsyncSession, absorbed_ids: Sequence[str], survivor_id: str, merge_id: str
+    ) -> None:
+        """Record the merge, and point earlier aliases of the absorbed customers at the survivor."""
+        await session.execute(
+            text(
+                "INSERT INTO customer_alias (absorbed_id, survivor_id, merge_id) "
+                "SELECT a, :survivor, :merge FROM unnest(CAST(:ids AS text[])) a "
+                "ON CONFLICT (absorbed_id) DO UPDATE "
+                "SET survivor_id = EXCLUDED.survivor_id, merge_id = EXCLUDED.merge_id"
+            ),
+            {"ids": list(absorbed_ids), "survivor": survivor_id, "merge": merge_id},
+        )
+        await session.execute(
+            text("UPDATE customer_alias SET survivor_id = :survivor WHERE survivor_id = ANY(:ids)"),
+            {"ids": list(absorbed_ids), "survivor": survivor_id},
+        )
+        await session.execute(
+            text("DELETE FROM customer_alias WHERE absorbed_id = :survivor"), {"survivor": survivor_id}
+        )
+
+    async def profile_of(
+        self, connection: Any, customer_id: str
+    ) -> tuple[str, TraitState | None, list[AttributeValue]]:
+        """The customer (the survivor, if merged away), its trait state and attributes, in one
+        round trip on a raw asyncpg connection: GetProfile's whole read, without ORM overhead."""
+        row = await connection.fetchrow(PROFILE_QUERY, customer_id)
+        state = TraitState.from_json(row["state"]) if row["state"] is not None else None
+        attributes = [
+            AttributeValue(name, value, source, datetime.fromisoformat(updated_at))
+            for name, value, source, updated_at in row["attributes"]
+        ]
+        return row["customer_id"], state, attributes
+
+    # -- attributes ---------------------------------------------------------------------------
+
+    async def attributes(self, session: AsyncSession, customer_id: str) -> list[AttributeValue]:
+        rows = await session.execute(
+            text("SELECT name, value, source, updated_at FROM profile_attribute WHERE customer_id = :c ORDER BY name"),
+            {"c": customer_id},
+        )
+        return [AttributeValue(row.name, row.value, row.source, row.updated_at) for row in rows]
+
+    async def upsert_attributes(self, session: AsyncSession, customer_id: str, values: Sequence[AttributeValue]) -> int:
+        """Last writer (by updated_at) wins per attribute; returns how many changed."""
+        if not values:
+            return 0
+        result = await session.execute(
+            text(
+                "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at) "
+                "SELECT :c, n, v, s, u FROM unnest(CAST(:names AS text[]), CAST(:vals AS text[]), "
+                "CAST(:sources AS text[]), CAST(:times AS timestamptz[])) AS t(n, v, s, u) "
+                "ON CONFLICT (customer_id, name) DO UPDATE SET value = EXCLUDED.value, source = EXCLUDED.source, "
+                "updated_at = EXCLUDED.updated_at WHERE profile_attribute.updated_at <= EXCLUDED.updated_at "
+                "RETURNING name"
+            ),
+            {
+                "c": customer_id,
+                "names": [v.name for v in values],
+                "vals": [v.value for v in values],
+                "sources": [v.source for v in values],
+                "times": [v.updated_at for v in values],
+            },
+        )
+        return len(result.all())
+
+    async def move_attributes(self, session: AsyncSession, absorbed_ids: Sequence[str], survivor_id: str) -> None:
+        """Fold absorbed customers' attributes into the survivor: the newest value of each wins."""
+        await session.execute(
+            text(
+                "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at) "
+                "SELECT DISTINCT ON (name) :survivor, name, value, source, updated_at FROM profile_attribute "
+                "WHERE customer_id = ANY(:ids) ORDER BY name, updated_at DESC "
+                "ON CONFLICT (customer_id, name) DO UPDATE SET value = EXCLUDED.value, source = EXCLUDED.source, "
+                "updated_at = EXCLUDED.updated_at WHERE profile_attribute.updated_at < EXCLUDED.updated_at"
+            ),
+            {"ids": list(absorbed_ids), "survivor": survivor_id},
+        )
+        await session.execute(
+            text("DELETE FROM profile_attribute WHERE customer_id = ANY(:ids)"), {"ids": list(absorbed_ids)}
+        )
+
+    # -- timeline -----------------------------------------------------------------------------
+
+    async def timeline(
+        self,
+        session: AsyncSession,
+        customer_id: str,
+        *,
+        types: Sequence[str],
+        since: datetime | None,
+        until: datetime | None,
+        before: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[StoredEvent]:
+        """Newest first; `before` is the (occurred_at, event_id) of the last event of the previous page."""
+        clauses = ["customer_id = :c"]
+        params: dict[str, object] = {"c": customer_id, "limit": limit}
+        if types:
+            clauses.append("type = ANY(:types)")
+            params["types"] = list(types)
+        if since is not None:
+            clauses.append("occurred_at >= :since")
+            params["since"] = since
+        if until is not None:
+            clauses.append("occurred_at < :until")
+            params["until"] = until
+        if before is not None:
+            clauses.append("(occurred_at, event_id) < (:before_at, :before_id)")
+            params["before_at"], params["before_id"] = before
+        rows = await session.execute(
+            text(
+                "SELECT customer_id, occurred_at, received_at, payload, event_id FROM event WHERE "
+                + " AND ".join(clauses)
+                + " ORDER BY occurred_at DESC, event_id DESC LIMIT :limit"
+            ),
+            params,
+        )
+        return [StoredEvent(r.customer_id, r.occurred_at, r.received_at, r.payload, r.event_id) for r in rows]
+
+    async def timeline_payloads(self, session: AsyncSession, customer_id: str) -> list[bytes]:
+        """Every event of a customer (for checks that recompute traits from scratch)."""
+        rows = await session.execute(text("SELECT payload FROM event WHERE customer_id = :c"), {"c": customer_id})
+        return [bytes(row.payload) for row in rows]
+
+    # -- events waiting for identity ----------------------------------------------------------
+
+    async def add_pending(self, session: AsyncSession, events: Sequence[tuple[str, bytes]]) -> None:
+        if not events:
+            return
+        await session.execute(
+            text(
+                "INSERT INTO pending_event (event_id, payload) "
+                "SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:payloads AS bytea[])) "
+                "ON CONFLICT (event_id) DO NOTHING"
+            ),
+            {"ids": [e[0] for e in events], "payloads": [e[1] for e in events]},
+        )
+
+    async def take_pending(self, session: AsyncSession, limit: int) -> list[tuple[str, bytes]]:
+        """The oldest waiting events, locked for this transaction (other replicas skip them)."""
+        rows = await session.execute(
+            text("SELECT event_id, payload FROM pending_event ORDER BY seq LIMIT :limit FOR UPDATE SKIP LOCKED"),
+            {"limit": limit},
+        )
+        return [(row.event_id, bytes(row.payload)) for row in rows]
+
+    async def delete_pending(self, session: AsyncSession, event_ids: Sequence[str]) -> None:
+        await session.execute(text("DELETE FROM pending_event WHERE event_id = ANY(:ids)"), {"ids": list(event_ids)})
+
+    async def count_pending(self, session: AsyncSession) -> int:
+        return int((await session.execute(text("SELECT count(*) FROM pending_event"))).scalar_one())

@@ -1,0 +1,422 @@
+"""The profile service as a real process next to a real identity service (both started by the
+launcher), called over real gRPC, with a real PostgreSQL and NATS JetStream behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import nats
+import pytest
+from google.protobuf import json_format
+from nats.js.api import DeliverPolicy
+from tailor.common.v1.common_pb2 import PageRequest
+from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
+from tailor.events.v1.envelope_pb2 import Envelope
+from tailor.events.v1.ingest_pb2 import IngestBatch
+from tailor.events.v1.profile_pb2 import ProfileUpdated
+from tailor.identity.v1 import identity_pb2, identity_pb2_grpc
+from tailor.profile.v1 import profile_pb2 as pb
+from tailor.profile.v1 import profile_pb2_grpc
+from tailor_cli.launcher import Platform
+from tailor_platform.bus.envelope import new_envelope, unpack
+from tailor_platform.errors import field_violations
+from tailor_profile.demo.generator import DemoConfig, interleaved, population
+from tailor_profile.intake import identity_records
+from tailor_profile.testing import (
+    ago,
+    assert_traits_equal,
+    item,
+    make_event,
+    purchase,
+    random_events,
+    recomputed_traits,
+    stamp,
+    wait_until,
+)
+
+Stub = profile_pb2_grpc.ProfileServiceStub
+
+
+@pytest.fixture(scope="module")
+def platform(start_platform: Callable[..., Platform]) -> Platform:
+    return start_platform(["consent", "identity", "profile"], extra_env={"TAILOR_PROFILE_PENDING_RETRY_S": "0.5"})
+
+
+@pytest.fixture(scope="module")
+def stub(platform: Platform) -> Iterator[Stub]:
+    with grpc.insecure_channel(platform.address("profile")) as channel:
+        yield profile_pb2_grpc.ProfileServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def identity(platform: Platform) -> Iterator[identity_pb2_grpc.IdentityServiceStub]:
+    with grpc.insecure_channel(platform.address("identity")) as channel:
+        yield identity_pb2_grpc.IdentityServiceStub(channel)
+
+
+def email() -> str:
+    return f"p-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def ingest(stub: Stub, events: list[pb.Event]) -> pb.IngestEventsResponse:
+    response: pb.IngestEventsResponse = stub.IngestEvents(pb.IngestEventsRequest(events=events))
+    return response
+
+
+def by_email(stub: Stub, address: str) -> pb.Profile:
+    request = pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="email", value=address))
+    profile: pb.Profile = stub.GetProfile(request)
+    return profile
+
+
+def timeline(stub: Stub, customer_id: str, **filters: Any) -> list[pb.Event]:
+    events, token = [], ""
+    while True:
+        page = stub.ListEvents(
+            pb.ListEventsRequest(customer_id=customer_id, page=PageRequest(page_size=50, page_token=token), **filters)
+        )
+        events += [entry.event for entry in page.events]
+        token = page.page.next_page_token
+        if not token:
+            return events
+
+
+def trait_values(stub: Stub, customer_id: str) -> tuple[dict[str, Any], int]:
+    response = stub.GetCustomer360(pb.GetCustomer360Request(customer_id=customer_id))
+    return json_format.MessageToDict(response.trait_values), response.profile.evaluated_at.seconds
+
+
+def test_ingested_events_land_on_one_profile_with_their_traits(stub: Stub) -> None:
+    who = email()
+    events = [
+        make_event("page_view", ago(days=2), email=who, page_view=pb.PageView(url="/shoes")),
+        make_event("order_completed", ago(days=1), email=who, purchase=purchase(item(quantity=2, price=2500))),
+        make_event("pos_purchase", ago(days=40), email=who, channel="pos", store_id="s-1", purchase=purchase(item())),
+    ]
+    response = ingest(stub, events)
+    assert [r.status for r in response.results] == [pb.EVENT_STATUS_ACCEPTED] * 3
+    assert len({r.customer_id for r in response.results}) == 1
+    profile = by_email(stub, who)
+    assert profile.customer_id == response.results[0].customer_id
+    traits = profile.traits
+    assert (traits.orders, traits.revenue_minor, traits.last_30d.orders, traits.last_90d.revenue_minor) == (
+        2,
+        6000,
+        1,
+        6000,
+    )
+    assert (traits.channel_mix, traits.favourite_store_id, traits.page_views_7d) == ("omnichannel", "s-1", 1)
+    assert [a.category for a in traits.category_affinity] == ["shoes"]
+
+
+def test_a_resent_event_changes_nothing(stub: Stub) -> None:
+    who = email()
+    events = [make_event("order_completed", ago(days=3), email=who, purchase=purchase(item(price=700)))]
+    first = ingest(stub, events)
+    again = ingest(stub, events + events)
+    assert first.accepted == 1
+    assert (again.accepted, again.duplicates) == (0, 2)
+    assert by_email(stub, who).traits.orders == 1
+
+
+def test_bad_events_are_rejected_one_by_one_and_the_rest_is_kept(stub: Stub) -> None:
+    who = email()
+    good = make_event("page_view", ago(hours=1), email=who)
+    unknown = make_event("teleported", ago(hours=1), email=who)
+    custom = make_event("custom.teleported", ago(hours=1), email=who, custom=pb.CustomEvent(properties={"to": "mars"}))
+    no_time = make_event("page_view", ago(hours=1), email=who)
+    no_time.ClearField("timestamp")
+    future = make_event("page_view", ago(days=-2), email=who)
+    negative = make_event("order_completed", ago(hours=1), email=who, purchase=purchase(item(quantity=-1)))
+    cheap = make_event("order_completed", ago(hours=1), email=who, purchase=purchase(item(price=-5)))
+    nobody = make_event("page_view", ago(hours=1))
+    response = ingest(stub, [good, unknown, custom, no_time, future, negative, cheap, nobody])
+    statuses = [r.status for r in response.results]
+    assert (
+        statuses
+        == [pb.EVENT_STATUS_ACCEPTED, pb.EVENT_STATUS_REJECTED, pb.EVENT_STATUS_ACCEPTED]
+        + [pb.EVENT_STATUS_REJECTED] * 5
+    )
+    fields = [r.field for r in response.results if r.status == pb.EVENT_STATUS_REJECTED]
+    assert fields == [
+        "type",
+        "timestamp",
+        "timestamp",
+        "purchase.items[0].quantity",
+        "purchase.items[0].unit_price_minor",
+        "identifiers",
+    ]
+    assert all(r.reason for r in response.results if r.status == pb.EVENT_STATUS_REJECTED)
+    profile = by_email(stub, who)
+    assert (profile.traits.events, profile.traits.orders) == (2, 0)
+
+
+def test_a_batch_over_the_limit_is_invalid_argument(stub: Stub) -> None:
+    events = [make_event("page_view", ago(hours=1), email="x@example.com") for _ in range(1001)]
+    with pytest.raises(grpc.RpcError) as error:
+        ingest(stub, events)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(error.value)] == ["events"]
+
+
+def test_traits_of_random_customers_equal_traits_recomputed_from_their_full_timelines(stub: Stub) -> None:
+    """Out of order, in interleaved batches, with duplicates re-sent: the incremental traits are
+    those of the full timeline replayed from scratch."""
+    rng = random.Random(4)
+    people = {email(): [] for _ in range(12)}  # type: dict[str, list[pb.Event]]
+    for address in people:
+        people[address] = random_events(rng, address, rng.randint(5, 60))
+    everything = [event for events in people.values() for event in events]
+    rng.shuffle(everything)
+    resent = rng.sample(everything, 40)
+    batches = [everything[start : start + 97] for start in range(0, len(everything), 97)] + [resent]
+    for batch in batches:
+        response = ingest(stub, batch)
+        assert response.rejected == 0, [r.reason for r in response.results if r.reason]
+    for address in rng.sample(sorted(people), 6):
+        profile = by_email(stub, address)
+        stored = timeline(stub, profile.customer_id)
+        assert sorted(e.id for e in stored) == sorted(e.id for e in people[address])
+        actual, now = trait_values(stub, profile.customer_id)
+        assert_traits_equal(actual, json_format.MessageToDict(_struct(recomputed_traits(stored, now))))
+
+
+def _struct(values: dict[str, Any]) -> Any:
+    from google.protobuf.struct_pb2 import Struct
+
+    result = Struct()
+    result.update(values)
+    return result
+
+
+def test_list_events_pages_newest_first_and_filters_by_type_and_time(stub: Stub) -> None:
+    who = email()
+    views = [make_event("page_view", ago(days=day), email=who) for day in range(1, 8)]
+    order = make_event("order_completed", ago(days=3, hours=1), email=who, purchase=purchase(item()))
+    customer = ingest(stub, [*views, order]).results[0].customer_id
+    stored = timeline(stub, customer)
+    assert [e.id for e in stored] == [e.id for e in sorted([*views, order], key=lambda e: -e.timestamp.seconds)]
+    only_orders = timeline(stub, customer, types=["order_completed"])
+    assert [e.id for e in only_orders] == [order.id]
+    recent = timeline(stub, customer, since=stamp(ago(days=2, hours=12)))
+    assert [e.id for e in recent] == [views[0].id, views[1].id]
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ListEvents(pb.ListEventsRequest(customer_id=customer, page=PageRequest(page_token="nonsense")))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_attributes_keep_their_provenance_and_the_newest_value(stub: Stub) -> None:
+    customer = (
+        ingest(stub, [make_event("app_opened", ago(hours=2), email=email(), channel="app")]).results[0].customer_id
+    )
+    update = pb.AttributeUpdate(name="city", value="Lyon", source="web:account", updated_at=stamp(ago(hours=1)))
+    older = pb.AttributeUpdate(name="city", value="Paris", source="import:crm", updated_at=stamp(ago(days=30)))
+    stub.UpdateAttributes(pb.UpdateAttributesRequest(customer_id=customer, attributes=[update]))
+    profile = stub.UpdateAttributes(pb.UpdateAttributesRequest(customer_id=customer, attributes=[older]))
+    assert [(a.name, a.value, a.source) for a in profile.attributes] == [("city", "Lyon", "web:account")]
+    with pytest.raises(grpc.RpcError) as error:
+        stub.UpdateAttributes(
+            pb.UpdateAttributesRequest(customer_id=customer, attributes=[pb.AttributeUpdate(name="shoe size")])
+        )
+    assert sorted(v.field for v in field_violations(error.value)) == ["attributes[0].name", "attributes[0].source"]
+
+
+async def _order_update(
+    nats_url: str, customer_id: str, send: Callable[[], object], timeout_s: float = 10
+) -> ProfileUpdated:
+    """The first profile.updated after `send` that reports a change of the customer's orders."""
+    connection = await nats.connect(nats_url)
+    try:
+        js = connection.jetstream()
+        subscription = await js.subscribe(
+            "tailor.profile.updated", ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+        )
+        await asyncio.to_thread(send)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await subscription.next_msg(timeout=timeout_s)
+                envelope = Envelope.FromString(message.data)
+                update = unpack(envelope, ProfileUpdated)
+                if envelope.customer_id == customer_id and update.values["orders"] == 1:
+                    return update
+    finally:
+        await connection.close()
+
+
+async def test_profile_updated_names_the_traits_that_changed_with_their_values(platform: Platform, stub: Stub) -> None:
+    who = email()
+    customer = (await asyncio.to_thread(ingest, stub, [make_event("page_view", ago(days=1), email=who)])).results[0]
+    order = make_event("order_completed", ago(hours=2), email=who, purchase=purchase(item(price=4200)))
+    assert platform.nats_url is not None
+    updated = await _order_update(platform.nats_url, customer.customer_id, lambda: ingest(stub, [order]))
+    assert updated.cause == "events"
+    assert {"orders", "revenue_minor", "orders_30d", "loyalty_spend_12m_minor"} <= set(updated.changed_traits)
+    assert "page_views_7d" not in updated.changed_traits
+    assert updated.values["revenue_minor"] == 4200
+
+
+async def test_events_from_adapters_on_the_bus_are_ingested(platform: Platform, stub: Stub) -> None:
+    who = email()
+    batch = IngestBatch(
+        source="adapter:test", events=[make_event("store_visit", ago(hours=3), email=who, channel="pos")]
+    )
+    assert platform.nats_url is not None
+    connection = await nats.connect(platform.nats_url)
+    try:
+        envelope = new_envelope("ingest.events", "adapter:test", batch)
+        await connection.jetstream().publish(
+            "tailor.ingest.events", envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id}
+        )
+    finally:
+        await connection.close()
+
+    def landed() -> bool:
+        try:
+            return bool(by_email(stub, who).traits.events == 1)
+        except grpc.RpcError:
+            return False
+
+    await asyncio.to_thread(wait_until, landed)
+
+
+def test_a_merge_in_identity_folds_the_absorbed_timeline_into_the_survivor(
+    stub: Stub, identity: identity_pb2_grpc.IdentityServiceStub
+) -> None:
+    rng = random.Random(7)
+    first, second = email(), email()
+    events = random_events(rng, first, 25) + random_events(rng, second, 25)
+    results = ingest(stub, events).results
+    survivor, absorbed = results[0].customer_id, results[25].customer_id
+    assert survivor != absorbed
+    identity.Merge(identity_pb2.MergeRequest(survivor_id=survivor, absorbed_ids=[absorbed], reason="test"))
+
+    def folded() -> bool:
+        return len(timeline(stub, survivor)) == 50
+
+    wait_until(folded)
+    actual, now = trait_values(stub, survivor)
+    assert_traits_equal(actual, json_format.MessageToDict(_struct(recomputed_traits(events, now))))
+    assert stub.GetProfile(pb.GetProfileRequest(customer_id=absorbed)).customer_id == survivor
+    late = make_event("page_view", ago(hours=1), email=second)
+    assert ingest(stub, [late]).results[0].customer_id == survivor
+
+
+def test_customer_360_gathers_graph_and_consents_and_marks_a_section_whose_service_is_down(
+    platform: Platform, stub: Stub
+) -> None:
+    who = email()
+    customer = ingest(stub, [make_event("page_view", ago(hours=1), email=who)]).results[0].customer_id
+    with grpc.insecure_channel(platform.address("consent")) as channel:
+        consent_pb2_grpc.ConsentServiceStub(channel).SetConsent(
+            consent_pb2.SetConsentRequest(
+                customer_id=customer, purpose="marketing", channel="email", granted=True, source="test",
+                request_id=uuid.uuid4().hex,
+            )
+        )  # fmt: skip
+    view = stub.GetCustomer360(pb.GetCustomer360Request(customer_id=customer))
+    assert view.profile.customer_id == customer
+    assert view.trait_values["events"] == 1
+    assert view.identity.status == pb.SECTION_STATUS_AVAILABLE
+    assert [link.identifier.type for link in view.identity.graph.links] == ["email"]
+    assert view.consents.status == pb.SECTION_STATUS_AVAILABLE
+    assert [(c.purpose, c.granted) for c in view.consents.consents] == [("marketing", True)]
+
+    platform.stop_service("consent")
+    started = time.monotonic()
+    view = stub.GetCustomer360(pb.GetCustomer360Request(customer_id=customer))
+    assert time.monotonic() - started < 3.0
+    assert view.consents.status == pb.SECTION_STATUS_UNAVAILABLE
+    assert view.consents.detail
+    assert view.identity.status == pb.SECTION_STATUS_AVAILABLE
+    assert view.profile.traits.events == 1
+
+
+def test_the_demo_population_lands_on_its_people_with_exact_traits(stub: Stub) -> None:
+    """Ground truth: how many people's events all sit on one profile (anonymous sessions that
+    never logged in stay apart: that shortfall is identity's to report), and the traits of a
+    sample of customers equal those recomputed from their full timelines."""
+    people = population(DemoConfig(people=25, seed=11, days=90, sessions_per_week=1.0))
+    events = interleaved(list(people.events()))
+    landed: dict[str, str] = {}
+    for start in range(0, len(events), 500):
+        response = ingest(stub, events[start : start + 500])
+        assert response.rejected == 0, [r.reason for r in response.results if r.reason][:3]
+        landed.update((r.event_id, r.customer_id) for r in response.results)
+
+    def survivors() -> dict[str, str]:
+        customers = set(landed.values())
+        return {c: stub.GetProfile(pb.GetProfileRequest(customer_id=c)).customer_id for c in customers}
+
+    seen: list[dict[str, str]] = [{}]
+
+    def settled() -> bool:  # merges reach profile asynchronously: wait until nothing moves
+        seen.append(survivors())
+        return seen[-1] == seen[-2]
+
+    wait_until(settled, interval_s=1.0)
+    previous = seen[-1]
+    profiles_of: dict[str, set[str]] = {}
+    for event_id, customer in landed.items():
+        profiles_of.setdefault(event_id.rsplit("-", 1)[0], set()).add(previous[customer])
+    linkable = linkable_people(events)
+    unified = [person for person, found in profiles_of.items() if len(found) == 1]
+    unified_linkable = [person for person in unified if person in linkable]
+    print(
+        f"demo: {len(unified)} of {len(profiles_of)} people on exactly one profile; "
+        f"{len(unified_linkable)} of {len(linkable)} whose identifiers their events connect"
+    )
+    assert len(unified_linkable) >= 0.8 * len(linkable)
+    rng = random.Random(3)
+    for customer in rng.sample(sorted(set(previous.values())), 4):
+        stored = timeline(stub, customer)
+        actual, now = trait_values(stub, customer)
+        assert_traits_equal(actual, json_format.MessageToDict(_struct(recomputed_traits(stored, now))))
+
+
+def linkable_people(events: list[pb.Event]) -> set[str]:
+    """People whose events' identifiers form one connected graph (identifiers seen together in an
+    event are connected): only for them can any resolver put every event on one profile."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    by_person: dict[str, set[str]] = {}
+    for event in events:
+        ids = [f"{r.type}:{r.value}" for r in identity_records(event)]
+        by_person.setdefault(event.id.rsplit("-", 1)[0], set()).update(ids)
+        for other in ids[1:]:
+            parent[root(other)] = root(ids[0])
+    return {person for person, ids in by_person.items() if len({root(i) for i in ids}) == 1}
+
+
+def test_while_identity_is_down_events_are_kept_and_land_when_it_returns(platform: Platform, stub: Stub) -> None:
+    who = email()
+    events = [make_event("order_completed", ago(days=d), email=who, purchase=purchase(item())) for d in (1, 2, 3)]
+    port = platform.running["identity"].port
+    platform.stop_service("identity")
+    try:
+        response = ingest(stub, events)
+        assert [r.status for r in response.results] == [pb.EVENT_STATUS_QUEUED] * 3
+        assert ingest(stub, events[:1]).results[0].status == pb.EVENT_STATUS_QUEUED
+    finally:
+        platform.free_ports, platform.ports["identity"] = False, port
+        platform.wait_serving(platform.start_service("identity"))
+        platform.free_ports = True
+
+    def landed() -> bool:
+        try:
+            return bool(by_email(stub, who).traits.orders == 3)
+        except grpc.RpcError:
+            return False
+
+    wait_until(landed, timeout_s=30)
+    assert ingest(stub, events).duplicates == 3

@@ -1,0 +1,242 @@
+"""Trait computation as pure functions: each trait, windows that move with time, and the property
+the whole design rests on: any order, any split into customers merged later, and a JSON round trip
+give the same traits as replaying the timeline from scratch in time order."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from tailor_profile.domain.model import DAY_S, EventFacts, Item
+from tailor_profile.domain.traits import (
+    MAX_CART_ENTRIES,
+    TraitSettings,
+    TraitState,
+    apply,
+    changed_traits,
+    combine,
+    evaluate,
+    prune,
+    replay,
+)
+
+SETTINGS = TraitSettings()
+NOW = 1_780_000_000 // DAY_S * DAY_S + 12 * 3600  # noon, some day in 2026
+
+
+def event(kind: str, days_ago: float, number: int = 0, **fields: Any) -> EventFacts:
+    channel = str(fields.pop("channel", "pos" if kind in ("pos_purchase", "store_visit") else "web"))
+    at = int(NOW - days_ago * DAY_S)
+    return replace(EventFacts(f"e{number}-{kind}-{days_ago}", kind, channel, at), **fields)
+
+
+def order(days_ago: float, amount: int, *items: Item, kind: str = "order_completed", **fields: Any) -> EventFacts:
+    fields.update(items=items or (Item("sku-1", "shoes", 1, amount),), amount=amount)
+    return event(kind, days_ago, **fields)
+
+
+def traits_of(*events: EventFacts, now: int = NOW) -> dict[str, object]:
+    return evaluate(replay(events, SETTINGS, now), now, SETTINGS).flat()
+
+
+def test_orders_and_revenue_lifetime_and_in_rolling_windows() -> None:
+    traits = traits_of(order(1, 1000), order(45, 2000), order(200, 4000), order(400, 8000))
+    assert (traits["orders"], traits["revenue_minor"]) == (4, 15000)
+    assert (traits["orders_30d"], traits["revenue_30d_minor"]) == (1, 1000)
+    assert (traits["orders_90d"], traits["revenue_90d_minor"]) == (2, 3000)
+    assert (traits["orders_365d"], traits["revenue_365d_minor"]) == (3, 7000)
+    assert traits["average_order_value_minor"] == 3750
+
+
+def test_windows_stay_right_as_time_passes_without_events() -> None:
+    state = replay([order(1, 1000), order(20, 500)], SETTINGS, NOW)
+    later = NOW + 15 * DAY_S
+    traits = evaluate(state, later, SETTINGS).flat()
+    assert (traits["orders_30d"], traits["revenue_30d_minor"]) == (1, 1000)
+    assert traits["rfm_recency_days"] == 16
+    assert evaluate(state, NOW + 400 * DAY_S, SETTINGS).flat()["orders_365d"] == 0
+
+
+def test_rfm_channel_mix_and_favourite_store() -> None:
+    traits = traits_of(
+        order(3, 30_000),
+        order(10, 25_000, kind="pos_purchase", store_id="s-2"),
+        order(12, 25_000, kind="pos_purchase", store_id="s-1"),
+        event("store_visit", 2, store_id="s-1"),
+    )
+    assert traits["channel_mix"] == "omnichannel"
+    assert (traits["online_orders"], traits["offline_orders"]) == (1, 2)
+    assert traits["favourite_store_id"] == "s-1"
+    assert (traits["rfm_recency_days"], traits["rfm_frequency"], traits["rfm_monetary_minor"]) == (3, 3, 80_000)
+    assert (traits["rfm_recency_score"], traits["rfm_frequency_score"], traits["rfm_monetary_score"]) == (5, 3, 3)
+    assert traits_of(order(1, 10))["channel_mix"] == "online"
+    assert traits_of(event("page_view", 1))["channel_mix"] == ""
+
+
+def test_loyalty_points_tier_and_distance_to_the_next_tier_by_12_month_net_spend() -> None:
+    traits = traits_of(
+        order(10, 60_000),
+        order(400, 900_000),  # older than 12 months: does not count for the tier
+        event("return", 5, amount=5_000, items=(Item("sku-1", "shoes", 1, 5_000),)),
+        event("loyalty_earned", 10, points=600),
+        event("loyalty_redeemed", 2, points=100),
+    )
+    assert traits["loyalty_points"] == 500
+    assert (traits["loyalty_tier"], traits["loyalty_spend_12m_minor"]) == ("silver", 55_000)
+    assert (traits["loyalty_next_tier"], traits["loyalty_amount_to_next_tier_minor"]) == ("gold", 95_000)
+    top = traits_of(order(1, 500_000))
+    assert (top["loyalty_tier"], top["loyalty_next_tier"], top["loyalty_amount_to_next_tier_minor"]) == (
+        "platinum",
+        "",
+        0,
+    )
+
+
+def test_open_cart_is_what_was_added_after_the_last_online_order() -> None:
+    def add(days_ago: float, sku: str, quantity: int, price: int, number: int = 0) -> EventFacts:
+        return event("add_to_cart", days_ago, number, items=(Item(sku, "bags", quantity, price),))
+
+    def remove(days_ago: float, sku: str, quantity: int) -> EventFacts:
+        return event("remove_from_cart", days_ago, items=(Item(sku, "bags", quantity, 0),))
+
+    traits = traits_of(
+        add(5, "old", 1, 100),
+        order(4, 100),
+        add(3, "a", 2, 1500),
+        add(2, "b", 1, 900),
+        remove(1, "b", 1),
+        add(0.5, "a", 1, 1400, 1),
+    )
+    assert traits["open_cart_items"] == [{"sku": "a", "category": "bags", "quantity": 3, "unit_price_minor": 1400}]
+    assert traits["open_cart_value_minor"] == 4200
+    assert traits["open_cart_last_activity_at"] != ""
+    emptied = traits_of(add(3, "a", 2, 1500), order(1, 3000))
+    assert (emptied["open_cart_items"], emptied["open_cart_value_minor"]) == ([], 0)
+
+
+def test_returns_tickets_page_views_and_affinity() -> None:
+    shoes = Item("s", "shoes", 3, 1000)
+    traits = traits_of(
+        order(20, 3000, shoes),
+        event("return", 2, amount=1000, items=(Item("s", "shoes", 1, 1000),)),
+        event("support_ticket_opened", 5, ticket_id="t1"),
+        event("support_ticket_opened", 4, ticket_id="t2"),
+        event("support_ticket_closed", 1, ticket_id="t1"),
+        event("page_view", 1, 1),
+        event("page_view", 6, 2),
+        event("page_view", 8, 3),
+        event("product_view", 1, category="bags"),
+    )
+    assert traits["return_rate"] == pytest.approx(1 / 3, abs=1e-4)
+    assert traits["returned_minor"] == 1000
+    assert traits["open_support_tickets"] == 1
+    assert traits["page_views_7d"] == 2
+    affinity = traits["category_affinity"]
+    assert isinstance(affinity, dict)
+    assert list(affinity) == ["shoes", "bags"]
+    assert sum(affinity.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_ticket_closed_before_its_opening_arrives_stays_closed() -> None:
+    closed_first = TraitState()
+    apply(closed_first, event("support_ticket_closed", 1, ticket_id="t"), SETTINGS)
+    apply(closed_first, event("support_ticket_opened", 2, ticket_id="t"), SETTINGS)
+    assert evaluate(closed_first, NOW, SETTINGS).open_tickets == 0
+
+
+def test_changed_traits_names_only_what_changed() -> None:
+    before = traits_of(order(10, 1000))
+    after = traits_of(order(10, 1000), event("page_view", 1))
+    changed = changed_traits(before, after)
+    assert set(changed) == {"events", "last_seen_at", "page_views_7d", "channel_events"}
+    assert changed["page_views_7d"] == 1
+
+
+def test_old_day_buckets_are_pruned_and_never_needed_again() -> None:
+    state = replay([order(500, 1000), order(1, 10)], SETTINGS, NOW)
+    assert len(state.days) == 1
+    assert evaluate(state, NOW, SETTINGS).revenue == 1010
+
+
+# -- the property: order, duplicates handled upstream, splits and merges do not matter ----------
+
+
+CATEGORIES = ("shoes", "bags", "coats", "hats", "socks", "beauty")
+KINDS = (
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "remove_from_cart",
+    "order_completed",
+    "pos_purchase",
+    "return",
+    "loyalty_earned",
+    "loyalty_redeemed",
+    "store_visit",
+    "support_ticket_opened",
+    "support_ticket_closed",
+    "app_opened",
+)
+
+
+def random_timeline(rng: random.Random, size: int) -> list[EventFacts]:
+    events = []
+    for number in range(size):
+        kind = rng.choice(KINDS)
+        days_ago = rng.uniform(0, 500)
+        item = Item(f"sku-{rng.randint(1, 6)}", rng.choice(CATEGORIES), rng.randint(1, 3), rng.randint(100, 20_000))
+        fields: dict[str, Any] = {"channel": rng.choice(["web", "app", "pos", "email"])}
+        if kind in ("order_completed", "pos_purchase", "return"):
+            fields.update(items=(item,), amount=item.amount, store_id=rng.choice(["", "s-1", "s-2"]))
+        elif kind in ("add_to_cart", "remove_from_cart"):
+            fields["items"] = (item,)
+        elif kind == "product_view":
+            fields["category"] = item.category
+        elif kind.startswith("loyalty"):
+            fields["points"] = rng.randint(1, 500)
+        elif kind.startswith("support"):
+            fields["ticket_id"] = f"t{rng.randint(1, 4)}"
+        elif kind == "store_visit":
+            fields["store_id"] = rng.choice(["s-1", "s-2", "s-3"])
+        events.append(event(kind, days_ago, number, **fields))
+    return events
+
+
+def assert_same_traits(a: dict[str, object], b: dict[str, object]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        if name == "category_affinity":
+            assert a[name] == pytest.approx(b[name], abs=2e-4), name
+        else:
+            assert a[name] == b[name], name
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_any_order_and_any_split_merged_later_gives_the_traits_of_the_full_timeline(seed: int) -> None:
+    rng = random.Random(seed)
+    timeline = random_timeline(rng, rng.randint(1, 120))
+    expected = evaluate(replay(timeline, SETTINGS, NOW), NOW, SETTINGS).flat()
+
+    shuffled = timeline[:]
+    rng.shuffle(shuffled)
+    parts: list[TraitState] = [TraitState() for _ in range(rng.randint(1, 3))]
+    for position, fact in enumerate(shuffled):
+        part = parts[rng.randrange(len(parts))]
+        apply(part, fact, SETTINGS)
+        if position % 17 == 0:  # a write in between: persisted and loaded again
+            prune(part, NOW)
+            parts[parts.index(part)] = TraitState.from_json(part.to_json())
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = combine(merged, part, SETTINGS)
+    prune(merged, NOW)
+    assert_same_traits(evaluate(merged, NOW, SETTINGS).flat(), expected)
+
+
+def test_the_cart_keeps_its_newest_changes_only_up_to_a_bound() -> None:
+    state = TraitState()
+    for number in range(MAX_CART_ENTRIES + 10):
+        apply(state, event("add_to_cart", 1 - number / 10_000, number, items=(Item("a", "x", 1, 1),)), SETTINGS)
+    assert len(state.cart) == MAX_CART_ENTRIES

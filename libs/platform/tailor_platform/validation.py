@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
+from tailor.common.v1.common_pb2 import PageRequest
+
 from tailor_platform.errors import FieldViolation, InvalidArgument
 
 MAX_ID_LENGTH = 128
@@ -50,6 +52,20 @@ class Validator:
         if value not in allowed:
             choices = ", ".join(sorted(allowed))
             self.fail(field, f"unknown value {value[:64]!r}; expected one of: {choices}")
+
+    def sequence_page(self, page: PageRequest, *, default_size: int = 100, max_size: int = 1000) -> tuple[int, int]:
+        """Page size and the sequence to continue after, for lists paged by an increasing
+        integer key (the token is the last key of the previous page)."""
+        size = page.page_size or default_size
+        if not 0 < size <= max_size:
+            self.fail("page.page_size", f"must be between 1 and {max_size}")
+        after = 0
+        if page.page_token:
+            if page.page_token.isdigit():
+                after = int(page.page_token)
+            else:
+                self.fail("page.page_token", "is not a token this API returned")
+        return size, after
 
     @property
     def ok(self) -> bool:

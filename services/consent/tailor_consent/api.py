@@ -19,8 +19,6 @@ from tailor_consent.service import ConsentService
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 IMPORT_BATCH_SIZE = 500
 
 
@@ -58,15 +56,7 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
     async def ConsentHistory(self, request: pb.ConsentHistoryRequest, context: Context) -> pb.ConsentHistoryResponse:
         check = Validator()
         check.identifier("customer_id", request.customer_id)
-        page_size = request.page.page_size or DEFAULT_PAGE_SIZE
-        if not 0 < page_size <= MAX_PAGE_SIZE:
-            check.fail("page.page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
-        after = 0
-        if request.page.page_token:
-            if request.page.page_token.isdigit():
-                after = int(request.page.page_token)
-            else:
-                check.fail("page.page_token", "is not a token this API returned")
+        page_size, after = check.sequence_page(request.page)
         check.done()
         entries = await self.service.history(request.customer_id, after, page_size)
         next_token = str(entries[-1][0]) if len(entries) == page_size else ""

@@ -25,8 +25,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_BATCH = 1000
 MAX_IDENTIFIERS = 50
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 DEFAULT_REKEY_LIMIT = 10_000
 
 
@@ -135,15 +133,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     async def FindCandidates(self, request: pb.FindCandidatesRequest, context: Context) -> pb.FindCandidatesResponse:
         check = Validator()
         check.identifier("customer_id", request.customer_id)
-        page_size = request.page.page_size or DEFAULT_PAGE_SIZE
-        if not 0 < page_size <= MAX_PAGE_SIZE:
-            check.fail("page.page_size", f"must be between 1 and {MAX_PAGE_SIZE}")
-        after = 0
-        if request.page.page_token:
-            if request.page.page_token.isdigit():
-                after = int(request.page.page_token)
-            else:
-                check.fail("page.page_token", "is not a token this API returned")
+        page_size, after = check.sequence_page(request.page)
         check.done()
         candidates, conflicts = await self.service.find_candidates(request.customer_id, after, page_size)
         response = pb.FindCandidatesResponse(

@@ -154,3 +154,12 @@ def test_pods_roll_when_their_config_changes(helm_template: Any, default_manifes
     )
     assert after_config["checksum/config"] != before["checksum/config"]
     assert after_secret["checksum/secret"] != before["checksum/secret"]
+
+
+def test_identity_keys_come_from_a_secret_never_the_configmap(full_manifests: Any) -> None:
+    container = full_manifests.one("Deployment", "tailor-identity")["spec"]["template"]["spec"]["containers"][0]
+    from_secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert from_secrets["TAILOR_IDENTITY_ENCRYPTION_KEY"] == {"name": "tailor-identity-keys", "key": "encryption-key"}
+    assert from_secrets["TAILOR_IDENTITY_BLIND_INDEX_KEY"] == {"name": "tailor-identity-keys", "key": "blind-index-key"}
+    config = full_manifests.one("ConfigMap", "tailor-identity")["data"]
+    assert not [key for key in config if "KEY" in key]

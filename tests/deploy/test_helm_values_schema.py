@@ -97,6 +97,11 @@ BAD_VALUES = [
         id="secret-in-plain-env",
     ),
     pytest.param(
+        {"set_json": {"services.consent.secretEnv.TAILOR_EXTRA_KEY": {"secretName": "keys"}}},
+        ["services.consent.secretEnv.TAILOR_EXTRA_KEY", "key is required"],
+        id="secret-env-without-key",
+    ),
+    pytest.param(
         {"set_values": {"streams.service": "billing"}},
         ["streams.service", "must be one of the following"],
         id="streams-runner-unknown",

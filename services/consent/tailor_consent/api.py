@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from tailor.common.v1.common_pb2 import ItemError, PageResponse
 from tailor.consent.v1 import consent_pb2 as pb
 from tailor.consent.v1 import consent_pb2_grpc
+from tailor_platform.protobuf import timestamp
 from tailor_platform.validation import Validator
 
 from tailor_consent.domain.model import ConsentRecord
@@ -121,12 +121,6 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
             updated_at=at,
             request_id=request.request_id,
         )
-
-
-def timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def to_proto(record: ConsentRecord) -> pb.Consent:

@@ -1,8 +1,9 @@
 """What consent publishes and consumes.
 
 Publishes `tailor.consent.changed` (through the outbox) for every change of a customer's consent.
-Consumes `tailor.identity.merged` (durable, once per merge) and listens to `tailor.consent.changed`
-on every replica to keep its CheckConsent cache exact.
+Consumes `tailor.identity.merged` (durable, once per merge; the subscription is
+tailor_platform.bus.merges', the fold is ConsentService.merge) and listens to
+`tailor.consent.changed` on every replica to keep its CheckConsent cache exact.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.consent_pb2 import ConsentChanged
 from tailor.events.v1.envelope_pb2 import Envelope
-from tailor.events.v1.identity_pb2 import IdentityMerged
-from tailor_platform.bus.consumer import Subscription
-from tailor_platform.bus.envelope import PoisonMessage, new_envelope, unpack
+from tailor_platform.bus.envelope import new_envelope, unpack
 from tailor_platform.bus.listener import Listener
 from tailor_platform.bus.outbox import Outbox
 
@@ -23,10 +22,9 @@ from tailor_consent.domain.cache import ConsentCache
 from tailor_consent.domain.model import Cause, ConsentRecord
 
 if TYPE_CHECKING:
-    from tailor_consent.service import ConsentService
+    pass
 
 CONSENT_CHANGED = "consent.changed"
-IDENTITY_MERGED_SUBJECT = "tailor.identity.merged"
 CONSENT_CHANGED_SUBJECT = "tailor.consent.changed"
 
 
@@ -59,17 +57,6 @@ async def publish_changes(
         for record in records
     ]
     await outbox.add_many(session, envelopes)
-
-
-def identity_merged_subscription(service: ConsentService) -> Subscription:
-    async def handle(session: AsyncSession, envelope: Envelope) -> None:
-        merged = unpack(envelope, IdentityMerged)
-        absorbed = [customer for customer in merged.absorbed_ids if customer and customer != merged.survivor_id]
-        if not merged.survivor_id or not absorbed:
-            raise PoisonMessage("identity.merged needs a survivor_id and at least one other absorbed id")
-        await service.merge(session, merged.survivor_id, absorbed, merged.merge_id or envelope.id)
-
-    return Subscription("identity-merged", IDENTITY_MERGED_SUBJECT, handle)
 
 
 def cache_listener(cache: ConsentCache) -> Listener:

@@ -7,13 +7,14 @@ from typing import ClassVar
 
 from pydantic import Field
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
+from tailor_platform.bus.merges import identity_merged_subscription
 from tailor_platform.config import ServiceSettings
 from tailor_platform.service import Components, Runtime, ServiceSpec
 
 from tailor_consent.api import ConsentApi
 from tailor_consent.domain.cache import ConsentCache
 from tailor_consent.domain.registry import DEFAULT_CHANNELS, DEFAULT_LEGAL_BASES, DEFAULT_PURPOSES, Registry
-from tailor_consent.events import cache_listener, identity_merged_subscription
+from tailor_consent.events import cache_listener
 from tailor_consent.service import ConsentService
 
 
@@ -41,7 +42,7 @@ def build(runtime: Runtime) -> Components:
     return Components(
         register=lambda server: consent_pb2_grpc.add_ConsentServiceServicer_to_server(api, server),
         service_names=[consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name],
-        subscriptions=[identity_merged_subscription(service)],
+        subscriptions=[identity_merged_subscription(service.merge)],
         listeners=[cache_listener(cache)],
     )
 

@@ -7,14 +7,13 @@ wrong with it, not the value.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from tailor.common.v1.common_pb2 import ItemError, PageResponse
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
+from tailor_platform.protobuf import timestamp
 from tailor_platform.validation import Validator
 
 from tailor_identity.domain.keys import KeyMaker
@@ -218,12 +217,6 @@ def _field_of(message: str) -> str:
     if message.startswith("namespace"):
         return "namespace"
     return "value"
-
-
-def timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def to_conflict(conflict: Conflict) -> pb.Conflict:

@@ -14,6 +14,7 @@ from tailor.identity.v1 import identity_pb2
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor.profile.v1 import profile_pb2_grpc
 from tailor_platform.errors import InvalidArgument, NotFound, Unavailable
+from tailor_platform.protobuf import timestamp
 from tailor_platform.validation import Validator
 
 from tailor_profile.clients import ConsentClient, ServiceUnavailable
@@ -196,12 +197,6 @@ def _parse_token(token: str) -> tuple[datetime, str] | None:
         return None
     moment = datetime.fromtimestamp(int(micros) // 1_000_000, UTC).replace(microsecond=int(micros) % 1_000_000)
     return moment, event_id
-
-
-def timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def _epoch(seconds: int | None) -> Timestamp | None:

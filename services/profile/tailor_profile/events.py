@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.struct_pb2 import NULL_VALUE, Struct, Value
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
-from tailor.events.v1.identity_pb2 import IdentityMerged
 from tailor.events.v1.ingest_pb2 import IngestBatch
 from tailor.events.v1.profile_pb2 import ProfileUpdated
 from tailor_platform.bus.consumer import Subscription
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 
 PROFILE_UPDATED = "profile.updated"
 INGEST_SUBJECT = "tailor.ingest.events"
-IDENTITY_MERGED_SUBJECT = "tailor.identity.merged"
 PENDING_WAKE_SUBJECT = "tailor.profile.pending.wake"
 MAX_BUS_BATCH = 1000
 
@@ -70,17 +68,6 @@ def _set_value(target: Value, value: Any) -> None:
         target.null_value = NULL_VALUE
     else:
         raise TypeError(f"cannot put a {kind.__name__} into a Struct")
-
-
-def identity_merged_subscription(service: ProfileService) -> Subscription:
-    async def handle(session: AsyncSession, envelope: Envelope) -> None:
-        merged = unpack(envelope, IdentityMerged)
-        absorbed = [customer for customer in merged.absorbed_ids if customer and customer != merged.survivor_id]
-        if not merged.survivor_id or not absorbed:
-            raise PoisonMessage("identity.merged needs a survivor_id and at least one other absorbed id")
-        await service.merge(session, merged.survivor_id, absorbed, merged.merge_id or envelope.id)
-
-    return Subscription("identity-merged", IDENTITY_MERGED_SUBJECT, handle)
 
 
 def ingest_subscription(service: ProfileService) -> Subscription:

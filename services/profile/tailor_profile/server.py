@@ -7,13 +7,14 @@ from typing import ClassVar
 
 from pydantic import Field
 from tailor.profile.v1 import profile_pb2, profile_pb2_grpc
+from tailor_platform.bus.merges import identity_merged_subscription
 from tailor_platform.config import ServiceSettings
 from tailor_platform.service import Components, Runtime, ServiceSpec
 
 from tailor_profile.api import ProfileApi
 from tailor_profile.clients import ConsentClient, IdentityClient
 from tailor_profile.domain.traits import TraitSettings
-from tailor_profile.events import identity_merged_subscription, ingest_subscription, pending_resolver
+from tailor_profile.events import ingest_subscription, pending_resolver
 from tailor_profile.intake import Intake
 from tailor_profile.service import ProfileService
 
@@ -58,7 +59,7 @@ def build(runtime: Runtime) -> Components:
     return Components(
         register=lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(api, server),
         service_names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name],
-        subscriptions=[ingest_subscription(service), identity_merged_subscription(service)],
+        subscriptions=[ingest_subscription(service), identity_merged_subscription(service.merge)],
         listeners=[wake_resolver],
         background=[resolve_pending],
     )

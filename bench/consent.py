@@ -273,6 +273,9 @@ def run(context: Context) -> dict[str, float]:
     finally:
         with report.step("stopping"):
             platform.stop()
+        # Keep the logs, not the ~0.5 GB of data (the next run starts from scratch anyway).
+        for data in (scratch / "platform" / "postgres", scratch / "platform" / "nats", scratch / "load"):
+            shutil.rmtree(data, ignore_errors=True)
 
 
 BENCHMARK = Benchmark(

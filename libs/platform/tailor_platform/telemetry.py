@@ -31,19 +31,22 @@ _provider: TracerProvider | None = None
 
 def setup_telemetry(
     service_name: str, *, otlp_endpoint: str = "", log_level: str = "INFO", log_format: str = "json"
-) -> TracerProvider:
-    """Install the global tracer provider and logging for this process (idempotent)."""
+) -> TracerProvider | None:
+    """Install logging and, when an OTLP endpoint is configured, the tracer provider (idempotent).
+
+    Without an endpoint no span is recorded: recording spans nobody exports cost about 110 µs of
+    CPU per call on the CheckConsent hot path (measured). Trace context still flows through gRPC
+    metadata and NATS headers, so logs carry the caller's trace id either way."""
     global _provider
     setup_logging(log_level, log_format)
-    if _provider is not None:
+    if _provider is not None or not otlp_endpoint:
         return _provider
     # Resource.create also reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (set by the Helm chart).
     resource = Resource.create({SERVICE_NAME: f"tailor-{service_name}"})
     provider = TracerProvider(resource=resource)
-    if otlp_endpoint:
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=_is_plaintext(otlp_endpoint)))
-        )
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=_is_plaintext(otlp_endpoint)))
+    )
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider

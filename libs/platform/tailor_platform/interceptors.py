@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 Behaviour = Callable[..., Any]
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+"""The servicer context every service's API methods receive."""
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
-import grpc
 from tailor.common.v1.common_pb2 import ItemError, PageResponse
 from tailor.consent.v1 import consent_pb2 as pb
 from tailor.consent.v1 import consent_pb2_grpc
+from tailor_platform.interceptors import Context
 from tailor_platform.protobuf import timestamp
 from tailor_platform.validation import Validator
 
 from tailor_consent.domain.model import ConsentRecord
 from tailor_consent.domain.registry import Registry
 from tailor_consent.service import ConsentService
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 IMPORT_BATCH_SIZE = 500
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
 from tailor.common.v1.common_pb2 import ItemError, PageResponse
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
+from tailor_platform.interceptors import Context
 from tailor_platform.protobuf import timestamp
 from tailor_platform.validation import Validator
 
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.model import Conflict, Key, Record
 from tailor_identity.service import Graph, IdentityService, Resolution
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_BATCH = 1000
 MAX_IDENTIFIERS = 50

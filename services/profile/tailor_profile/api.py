@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,6 +14,7 @@ from tailor.identity.v1 import identity_pb2
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor.profile.v1 import profile_pb2_grpc
 from tailor_platform.errors import InvalidArgument, NotFound, Unavailable
+from tailor_platform.interceptors import Context
 from tailor_platform.protobuf import timestamp
 from tailor_platform.validation import Validator
 
@@ -23,7 +24,6 @@ from tailor_profile.intake import MAX_BATCH
 from tailor_profile.service import ProfileService, ProfileView, Status
 from tailor_profile.store import AttributeValue
 
-Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100

@@ -27,6 +27,7 @@ import grpc
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
 from tailor_cli.launcher import Platform
+from tailor_platform.channels import ChannelPool
 
 from bench.framework import SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most
 
@@ -193,15 +194,17 @@ async def measure_speed(address: str, sizes: Sizes, report: Reporter) -> dict[st
     batches = timed_batches(sizes)
     latencies: list[float] = []
     queue = list(reversed(batches))
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = identity_stub(channel)
+    # One connection per call in flight, as the profile service's identity client keeps them: each
+    # lands on one of the service's worker processes.
+    pool = ChannelPool(address, sizes.in_flight, interceptors=[])
+    try:
         for request in batches[:WARMUP_BATCHES]:  # warm-up: pool connections, prepared statements
-            await stub.ResolveBatch(request, timeout=60)
+            await identity_stub(pool.channel()).ResolveBatch(request, timeout=60)
         with report.step(
             f"timed: {len(batches)} ResolveBatch calls of {BATCH:,}, {sizes.in_flight} in flight", total=len(batches)
         ) as advance:
 
-            async def worker() -> None:
+            async def worker(stub: identity_pb2_grpc.IdentityServiceAsyncStub) -> None:
                 while queue:
                     request = queue.pop()
                     began = time.perf_counter()
@@ -212,8 +215,10 @@ async def measure_speed(address: str, sizes: Sizes, report: Reporter) -> dict[st
                     advance(1)
 
             started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(sizes.in_flight)))
+            await asyncio.gather(*(worker(identity_stub(pool.channel())) for _ in range(sizes.in_flight)))
             elapsed = time.perf_counter() - started
+    finally:
+        await pool.close()
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     records_per_s = len(batches) * BATCH / elapsed

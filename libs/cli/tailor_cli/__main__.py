@@ -1,3 +1,4 @@
 from tailor_cli.main import app
 
-app()
+if __name__ == "__main__":  # not when a worker process (multiprocessing spawn) imports it
+    app()

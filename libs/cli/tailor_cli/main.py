@@ -16,8 +16,7 @@ from rich.table import Table
 from tailor_platform.bus.streams import ensure_streams
 from tailor_platform.config import PlatformSettings
 from tailor_platform.db import migrate as migrate_database
-from tailor_platform.service import ServiceSpec
-from tailor_platform.service import serve as serve_service
+from tailor_platform.service import ServiceSpec, run_service
 
 from tailor_cli import registry
 from tailor_cli.launcher import Platform, health_status
@@ -100,7 +99,7 @@ def serve(
 ) -> None:
     """Run one service's gRPC server (what the container image runs)."""
     spec = _select(name)[name]
-    asyncio.run(serve_service(spec))
+    run_service(spec)
 
 
 @app.command()

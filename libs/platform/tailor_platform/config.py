@@ -50,6 +50,13 @@ class ServiceSettings(PlatformSettings):
     default_port: ClassVar[int] = 50050
 
     grpc_port: int = 0
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the gRPC port (TAILOR_<SERVICE>_WORKERS): Python runs one "
+        "core per process, so a CPU-bound service uses more cores with more workers.",
+    )
     service_database_url: str = ""
     outbox_poll_interval_s: float = 0.5
     outbox_batch_size: int = 500
@@ -64,6 +71,9 @@ class ServiceSettings(PlatformSettings):
         self.service_database_url = os.environ.get(prefix + "DATABASE_URL", self.service_database_url)
         if not self.service_database_url and self.database_url:
             self.service_database_url = database_url_for(self.database_url, self.service_name)
+        workers = os.environ.get(prefix + "WORKERS")
+        if workers:
+            self.workers = int(workers)
         port = os.environ.get(prefix + "GRPC_PORT")
         if port:
             self.grpc_port = int(port)

@@ -63,6 +63,12 @@ def _is_plaintext(endpoint: str) -> bool:
     return not endpoint.startswith("https://")
 
 
+def recording() -> bool:
+    """Whether spans are recorded and exported (an OTLP endpoint is configured): hot paths skip
+    building spans that nobody would see."""
+    return _provider is not None
+
+
 def tracer() -> trace.Tracer:
     return trace.get_tracer("tailor")
 

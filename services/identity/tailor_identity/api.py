@@ -199,12 +199,12 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             check.fail(prefix, f"at most {MAX_IDENTIFIERS} identifiers per record")
             return []
         keys = []
-        single = prefix == "identifier"
+        make_key = self.keys.key
         for index, identifier in enumerate(identifiers):
-            field = prefix if single else f"{prefix}[{index}]"
             try:
-                keys.append(self.keys.key(identifier.type, identifier.value, identifier.namespace))
+                keys.append(make_key(identifier.type, identifier.value, identifier.namespace))
             except ValueError as error:
+                field = prefix if prefix == "identifier" else f"{prefix}[{index}]"
                 check.fail(f"{field}.{_field_of(str(error))}", str(error))
         return keys
 

@@ -40,7 +40,7 @@ class Contention(Exception):
     """The database changed under a transaction in a way that invalidates its plan: retry it."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Resolution:
     customer_id: str
     created: bool

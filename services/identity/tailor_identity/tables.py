@@ -1,4 +1,4 @@
-"""Identity tables (the store's schema; the first migration creates exactly these).
+"""Identity tables (the store's schema; the migrations create exactly these).
 
 No column holds a plaintext identifier or person attribute: `ciphertext` is AES-GCM under the key
 `key_id`, `blind_index` and `block_key` are keyed HMACs.
@@ -55,7 +55,8 @@ identifier = Table(
     Column("id_type", String(32), nullable=False),
     Column("ciphertext", LargeBinary, nullable=False),
     Column("key_id", Integer, nullable=False),
-    Column("customer_id", String(64), ForeignKey("customer.id"), nullable=False),
+    # No foreign key: see migration 0002 (the check cost a customer row lock per inserted identifier).
+    Column("customer_id", String(64), nullable=False),
     Column("source", String(32), nullable=False),
     Column("evidence", String(200), nullable=False, server_default=""),
     _created(),

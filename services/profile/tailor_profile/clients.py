@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
 from tailor.identity.v1 import identity_pb2, identity_pb2_grpc
-from tailor_platform import telemetry
+from tailor_platform.channels import ChannelPool
 
 UNREACHABLE = frozenset(
     {
@@ -29,19 +29,15 @@ class ServiceUnavailable(Exception):
 
 
 class _Client:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, connections: int = 1) -> None:
         self.address = address
-        self._channel: grpc.aio.Channel | None = None
+        self._pool = ChannelPool(address, connections)
 
     def channel(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address, interceptors=telemetry.client_interceptors())
-        return self._channel
+        return self._pool.channel()
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self._pool.close()
 
 
 def _unavailable(error: grpc.aio.AioRpcError, service: str) -> ServiceUnavailable:
@@ -49,8 +45,8 @@ def _unavailable(error: grpc.aio.AioRpcError, service: str) -> ServiceUnavailabl
 
 
 class IdentityClient(_Client):
-    def __init__(self, address: str, timeout_s: float) -> None:
-        super().__init__(address)
+    def __init__(self, address: str, timeout_s: float, connections: int = 1) -> None:
+        super().__init__(address, connections)
         self.timeout_s = timeout_s
 
     def stub(self) -> identity_pb2_grpc.IdentityServiceAsyncStub:

@@ -31,6 +31,9 @@ class ProfileSettings(ServiceSettings):
     identity_address: str = "127.0.0.1:50051"
     consent_address: str = "127.0.0.1:50056"
     profile_identity_timeout_s: float = Field(default=5.0, gt=0)
+    profile_identity_connections: int = Field(
+        default=2, ge=1, le=64, description="Connections to identity: at least its number of workers."
+    )
     profile_section_timeout_s: float = Field(default=1.0, gt=0, description="Deadline of each Customer 360 section.")
     profile_pending_retry_s: float = Field(default=2.0, gt=0)
     profile_base_currency: str = "EUR"
@@ -51,7 +54,9 @@ class ProfileSettings(ServiceSettings):
 def build(runtime: Runtime) -> Components:
     settings = runtime.settings
     assert isinstance(settings, ProfileSettings)
-    identity = IdentityClient(settings.identity_address, settings.profile_identity_timeout_s)
+    identity = IdentityClient(
+        settings.identity_address, settings.profile_identity_timeout_s, settings.profile_identity_connections
+    )
     intake = Intake(settings.profile_currency_rates, settings.profile_base_currency)
     service = ProfileService(runtime.db, runtime.outbox, identity, intake, settings.trait_settings())
     api = ProfileApi(service, ConsentClient(settings.consent_address), settings.profile_section_timeout_s)

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
-from sqlalchemy import delete, event, insert, select
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from tailor.events.v1.envelope_pb2 import Envelope
 
 from tailor_platform import telemetry
 from tailor_platform.bus.envelope import new_envelope, subject_for
-from tailor_platform.bus.tables import outbox
-from tailor_platform.db import Database
+from tailor_platform.db import Database, driver_connection
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +71,16 @@ class Outbox:
     async def add_many(self, session: AsyncSession, envelopes: list[Envelope]) -> None:
         if not envelopes:
             return
-        trace_headers = telemetry.inject_headers({})
-        await session.execute(
-            insert(outbox),
-            [
-                {
-                    "envelope_id": envelope.id,
-                    "subject": subject_for(envelope.type),
-                    "payload": envelope.SerializeToString(),
-                    "trace_headers": trace_headers,
-                }
-                for envelope in envelopes
-            ],
+        # One set-based statement for the batch (the hot paths write hundreds of events at once).
+        driver = await driver_connection(session)
+        await driver.execute(
+            "INSERT INTO outbox (envelope_id, subject, payload, trace_headers) "
+            "SELECT envelope_id, subject, payload, $4::text::jsonb "
+            "FROM unnest($1::text[], $2::text[], $3::bytea[]) AS e(envelope_id, subject, payload)",
+            [envelope.id for envelope in envelopes],
+            [subject_for(envelope.type) for envelope in envelopes],
+            [envelope.SerializeToString() for envelope in envelopes],
+            json.dumps(telemetry.inject_headers({})),
         )
         session.sync_session.info[_PENDING_KEY] = True
 
@@ -116,38 +115,37 @@ class Outbox:
 
     async def _relay_batch(self, js: JetStreamContext) -> int:
         async with self.db.transaction() as session:
-            rows = (
-                await session.execute(
-                    select(
-                        outbox.c.id, outbox.c.envelope_id, outbox.c.subject, outbox.c.payload, outbox.c.trace_headers
-                    )
-                    .order_by(outbox.c.id)
-                    .limit(self.batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            driver = await driver_connection(session)
+            rows = await driver.fetch(
+                "SELECT id, envelope_id, subject, payload, trace_headers::text AS trace_headers FROM outbox "
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self.batch_size,
+            )
             if not rows:
                 return 0
             acks = [await self._publish(js, row) for row in rows]
             await asyncio.wait_for(asyncio.gather(*acks), timeout=self.publish_timeout_s)
-            await session.execute(delete(outbox).where(outbox.c.id.in_([row.id for row in rows])))
+            await driver.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
         self.published += len(rows)
         return len(rows)
 
-    async def _publish(self, js: JetStreamContext, row: Any) -> asyncio.Future[Any]:
-        parent = telemetry.extract_context(row.trace_headers)
+    async def _publish(self, js: JetStreamContext, row: asyncpg.Record) -> asyncio.Future[Any]:
+        subject, envelope_id = row["subject"], row["envelope_id"]
+        headers = {"Nats-Msg-Id": envelope_id}
+        if not telemetry.recording():
+            future: asyncio.Future[Any] = await js.publish_async(subject, row["payload"], headers=headers)
+            return future
         with telemetry.tracer().start_as_current_span(
-            f"{row.subject} publish",
-            context=parent,
+            f"{subject} publish",
+            context=telemetry.extract_context(json.loads(row["trace_headers"])),
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "nats",
-                "messaging.destination.name": row.subject,
-                "messaging.message.id": row.envelope_id,
+                "messaging.destination.name": subject,
+                "messaging.message.id": envelope_id,
                 "messaging.operation.type": "publish",
             },
         ):
-            headers = {"Nats-Msg-Id": row.envelope_id}
             telemetry.inject_headers(headers)
-            future: asyncio.Future[Any] = await js.publish_async(row.subject, row.payload, headers=headers)
+            future = await js.publish_async(subject, row["payload"], headers=headers)
             return future

@@ -19,6 +19,8 @@ from tailor_identity.domain.normalize import (
 )
 
 PERSON_CONTEXT = b"person"
+_KINDS = {id_type: f"{id_type}|" for id_type in ID_TYPES}
+"""The blind index kind of each type without a namespace (built once: the resolve hot path)."""
 DEFAULT_EMAIL_RULES = EmailRules()
 MAX_ATTRIBUTE_LENGTH = 200
 
@@ -36,7 +38,8 @@ class KeyMaker:
         normalized, space = normalize_identifier(
             id_type, value, namespace, email_rules=self.email_rules, phone_region=self.phone_region
         )
-        return Key(id_type, normalized, space, self.keyring.blind_index(f"{id_type}|{space}", normalized))
+        kind = _KINDS.get(id_type, "") if not space else f"{id_type}|{space}"
+        return Key(id_type, normalized, space, self.keyring.blind_index(kind, normalized))
 
     def person(
         self,

@@ -21,6 +21,7 @@ MAX_VALUE_LENGTH = 256
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 _OPAQUE = re.compile(r"^[\w.:@/+=\-]{1,200}$")
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+_EXTERNAL, _EMAIL_TYPE, _PHONE = IdType.EXTERNAL.value, IdType.EMAIL.value, IdType.PHONE.value
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 
 ADDRESS_ABBREVIATIONS = {
@@ -104,16 +105,17 @@ def normalize_identifier(
         raise ValueError("value is required")
     if len(raw) > MAX_VALUE_LENGTH:
         raise ValueError(f"value must be at most {MAX_VALUE_LENGTH} characters")
-    if id_type == IdType.EXTERNAL:
+    # Plain strings, not IdType members: enum attribute access costs on the resolve hot path.
+    if id_type == _EXTERNAL:
         space = namespace.strip().lower()
         if not _NAMESPACE.match(space):
             raise ValueError("namespace is required for external ids (lowercase letters, digits, _ . -)")
         return normalize_opaque(raw), space
     if namespace:
         raise ValueError(f"namespace is only allowed for external ids, not {id_type}")
-    if id_type == IdType.EMAIL:
+    if id_type == _EMAIL_TYPE:
         return normalize_email(raw, email_rules), ""
-    if id_type == IdType.PHONE:
+    if id_type == _PHONE:
         return normalize_phone(raw, phone_region), ""
     return normalize_opaque(raw), ""
 

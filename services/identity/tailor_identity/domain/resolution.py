@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from tailor_identity.domain.model import DEFAULT_LIMITS, PRIORITY, Conflict, IdType, Key, Record, priority_rank
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """The result of one record; `customer_id` may be provisional until `Planner.final` maps it."""
 

@@ -25,6 +25,7 @@ import grpc
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
 from tailor_cli.launcher import Platform
 from tailor_consent.domain.registry import DEFAULT_CHANNELS, DEFAULT_PURPOSES
+from tailor_platform.db import driver_url
 
 from bench.framework import SCRATCH_DIR, Benchmark, Context, Figure, Reporter, Steps, at_least, at_most
 from bench.loadgen import LoadResult, LoadSpec, Server, run_load
@@ -154,7 +155,7 @@ async def import_consents(address: str, sizes: Sizes, report: Reporter) -> int:
 
 
 async def outbox_backlog(database_url: str) -> int:
-    connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    connection = await asyncpg.connect(driver_url(database_url))
     try:
         count: int = await connection.fetchval("SELECT count(*) FROM outbox")
         return count

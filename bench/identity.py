@@ -28,6 +28,7 @@ from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
 from tailor_cli.launcher import Platform
 from tailor_platform.channels import ChannelPool
+from tailor_platform.db import driver_url
 
 from bench.framework import SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most
 
@@ -171,7 +172,7 @@ async def load_identifiers(address: str, sizes: Sizes, report: Reporter) -> None
 
 
 async def stored_identifiers(database_url: str) -> int:
-    connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    connection = await asyncpg.connect(driver_url(database_url))
     try:
         count: int = await connection.fetchval("SELECT count(*) FROM identifier")
         await wait_outbox(connection)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tailor.consent.v1 import consent_pb2
 from tailor_cli.embedded import free_port
@@ -87,4 +88,4 @@ def running_noop_server(log_file: Path, timeout_s: float = 30.0) -> Iterator[Ser
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    uvloop.run(serve(int(sys.argv[1])))  # the event loop every service runs on

@@ -31,10 +31,12 @@ from typing import Any
 
 import asyncpg
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor_cli.embedded import free_port
 from tailor_cli.launcher import Platform, health_status
+from tailor_platform.db import driver_url
 from tailor_profile.demo.generator import DemoConfig, interleaved, person_events, population
 
 from bench.framework import REPO_ROOT, SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most
@@ -91,7 +93,7 @@ def ingest_requests(sizes: Sizes, report: Reporter) -> tuple[list[bytes], int]:
 
 
 async def _fetch(url: str, query: str) -> list[Any]:
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    connection = await asyncpg.connect(driver_url(url))
     try:
         return list(await connection.fetch(query))
     finally:
@@ -300,4 +302,4 @@ BENCHMARK = Benchmark(
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["noop"]:
-        asyncio.run(serve_noop(int(sys.argv[2])))
+        uvloop.run(serve_noop(int(sys.argv[2])))  # the event loop every service runs on

@@ -24,7 +24,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tailor_platform.config import database_url_for
-from tailor_platform.db import migrate
+from tailor_platform.db import driver_url, migrate
 from tailor_platform.service import ServiceSpec
 
 from tailor_cli import registry
@@ -57,7 +57,7 @@ def health_status(address: str, service: str = "", timeout_s: float = 1.0) -> st
 
 async def ensure_databases(server_url: str, names: Iterable[str]) -> None:
     """Create each service's database on the server if it does not exist yet."""
-    url = server_url.replace("postgresql+asyncpg://", "postgresql://")
+    url = driver_url(server_url)
     connection = await asyncpg.connect(url)
     try:
         for name in names:

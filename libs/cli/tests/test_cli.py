@@ -13,6 +13,7 @@ from tailor_cli.embedded import free_port
 from tailor_cli.launcher import ensure_databases
 from tailor_cli.testing import Infra
 from tailor_platform.config import database_url_for
+from tailor_platform.db import driver_url
 
 
 def tailor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -48,7 +49,7 @@ def test_migrate_is_idempotent(infra: Infra) -> None:
         assert result.returncode == 0, result.stderr
 
     async def tables() -> set[str]:
-        connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        connection = await asyncpg.connect(driver_url(url))
         try:
             rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             return {row["tablename"] for row in rows}

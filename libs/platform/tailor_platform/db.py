@@ -5,6 +5,7 @@ work, and Alembic migrations run programmatically (by `tailor migrate` and the e
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -49,6 +50,8 @@ class Database:
             self.engine, expire_on_commit=False, sync_session_class=self.sync_session_class
         )
         telemetry.instrument_engine(self.engine)
+        self._read_pool: asyncpg.Pool | None = None
+        self._read_pool_size = pool_size
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -64,7 +67,36 @@ class Database:
         except Exception:
             return False
 
+    async def read_row(self, query: str, *args: object) -> asyncpg.Record | None:
+        """One read-only statement on a hot read path (GetProfile): straight to the driver from a
+        small pool of its own, without ORM session, transaction or pre-ping round trips. A
+        connection the database dropped is retried once on a fresh one."""
+        pool = await self._reader()
+        with telemetry.database_span("read", query):
+            for attempt in range(2):
+                try:
+                    return await pool.fetchrow(query, *args)
+                except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError):
+                    if attempt:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def _reader(self) -> asyncpg.Pool:
+        if self._read_pool is None:
+            self._read_pool = await asyncpg.create_pool(
+                driver_url(self.url),
+                min_size=1,
+                max_size=self._read_pool_size,
+                max_inactive_connection_lifetime=60,
+                init=_json_codecs,
+                reset=_keep_session,
+            )
+        return self._read_pool
+
     async def dispose(self) -> None:
+        if self._read_pool is not None:
+            await self._read_pool.close()
+            self._read_pool = None
         await self.engine.dispose()
 
 
@@ -81,6 +113,23 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     if not driver.is_in_transaction():
         await session.execute(text("SELECT 1"))
     return driver
+
+
+async def _json_codecs(connection: asyncpg.Connection) -> None:
+    """json and jsonb values as Python objects, as they come through SQLAlchemy."""
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Read connections change no session state (one statement, no transaction), so the pool's
+    default reset on release (a round trip: RESET ALL, UNLISTEN, ...) has nothing to undo."""
+
+
+def driver_url(url: str) -> str:
+    """The asyncpg form of a SQLAlchemy URL (postgresql+asyncpg://... -> postgresql://...)."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql://{rest}" if sep and scheme.startswith("postgresql") else url
 
 
 def alembic_config(migrations_dir: Path, url: str) -> Config:

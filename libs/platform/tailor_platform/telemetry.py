@@ -92,6 +92,18 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     return list(aio_client_interceptors(filter_=no_health))  # type: ignore[no-untyped-call]
 
 
+@contextlib.contextmanager
+def database_span(operation: str, statement: str) -> Iterator[None]:
+    """A CLIENT span for a statement sent straight to the driver (the SQLAlchemy instrumentation
+    sees only what goes through the engine); nothing when spans are not recorded."""
+    if not recording():
+        yield
+        return
+    attributes = {"db.system": "postgresql", "db.operation": operation, "db.statement": statement}
+    with tracer().start_as_current_span(f"postgresql {operation}", kind=trace.SpanKind.CLIENT, attributes=attributes):
+        yield
+
+
 def instrument_engine(engine: AsyncEngine) -> None:
     """A span per SQL statement, children of the RPC or message being handled."""
     SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, enable_commenter=False)

@@ -23,6 +23,7 @@ from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.events.v1.identity_pb2 import IdentityMerged
 from tailor_cli.launcher import Platform, health_status
 from tailor_platform.bus.envelope import new_envelope, unpack
+from tailor_platform.db import driver_url
 from tailor_platform.errors import field_violations
 
 
@@ -149,7 +150,7 @@ def test_the_database_refuses_to_rewrite_the_audit_log(
     stub.SetConsent(set_request(who, "marketing", "sms", True))
 
     async def tamper() -> list[str]:
-        url = platform.service_database_url("consent").replace("postgresql+asyncpg://", "postgresql://")
+        url = driver_url(platform.service_database_url("consent"))
         connection = await asyncpg.connect(url)
         refused = []
         try:

@@ -95,6 +95,6 @@ def test_em_keeps_the_starting_m_without_enough_matches() -> None:
 
 def test_u_from_random_pairs_and_random_pair_prior() -> None:
     people = [Person(f"n{i}", f"s{i % 50}", f"19{i % 90:02d}0101", f"{i} road", f"{i % 9}", "x") for i in range(300)]
-    u = estimate_u(people, pairs=5000)
+    u = estimate_u(people, max_pairs=5000)
     assert u[0][0] < 0.01 and u[5][0] > 0.99  # unique given names; everyone lives in "x"
     assert random_pair_prior(5000, 10_000) == 5000 / (10_000 * 9_999 / 2)

@@ -294,9 +294,7 @@ class ProfileService:
         return customer_id
 
     async def profile(self, customer_id: str) -> ProfileView:
-        async with self.db.engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            customer_id, state, attributes = await self.store.profile_of(raw.driver_connection, customer_id)
+        customer_id, state, attributes = await self.store.profile_of(self.db, customer_id)
         now = int(datetime.now(UTC).timestamp())
         traits = evaluate(state, now, self.settings) if state is not None else None
         return ProfileView(customer_id, state, traits, attributes, now)

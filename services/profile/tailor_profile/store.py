@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -27,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
-from tailor_platform.db import NAMING_CONVENTION
+from tailor_platform.db import NAMING_CONVENTION, Database
 
 from tailor_profile.domain.traits import TraitState
 
@@ -244,11 +243,12 @@ class ProfileStore:
         )
 
     async def profile_of(
-        self, connection: Any, customer_id: str
+        self, db: Database, customer_id: str
     ) -> tuple[str, TraitState | None, list[AttributeValue]]:
         """The customer (the survivor, if merged away), its trait state and attributes, in one
-        round trip on a raw asyncpg connection: GetProfile's whole read, without ORM overhead."""
-        row = await connection.fetchrow(PROFILE_QUERY, customer_id)
+        round trip straight to the driver: GetProfile's whole read, without ORM overhead."""
+        row = await db.read_row(PROFILE_QUERY, customer_id)
+        assert row is not None, "the query always returns one row"
         state = TraitState.from_json(row["state"]) if row["state"] is not None else None
         attributes = [
             AttributeValue(name, value, source, datetime.fromisoformat(updated_at))

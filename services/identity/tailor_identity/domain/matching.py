@@ -211,13 +211,15 @@ MIN_EXPECTED_MATCHES = 20.0
 then keeps the starting m-probabilities and estimates only u and λ."""
 
 
-def estimate_u(persons: Sequence[Person], pairs: int = 20_000, seed: int = 7) -> list[list[float]]:
+def estimate_u(persons: Sequence[Person], max_pairs: int = 20_000, seed: int = 7) -> list[list[float]]:
     """u-probabilities from random pairs of records: almost every random pair is a non-match, so
-    the level frequencies among them are what chance agreement looks like (as Splink does)."""
+    the level frequencies among them are what chance agreement looks like (as Splink does). Ten
+    pairs per record, at most `max_pairs`: a small sample has few distinct pairs to draw anyway, and
+    the estimate is repeated as the store grows."""
     rng = random.Random(seed)
     counts = [[SMOOTHING] * len(c.levels) for c in COMPARISONS]
     if len(persons) >= 2:
-        for _ in range(pairs):
+        for _ in range(min(max_pairs, 10 * len(persons))):
             a, b = rng.sample(range(len(persons)), 2)
             for index, level in enumerate(compare(persons[a], persons[b])):
                 if level != MISSING:

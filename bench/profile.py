@@ -46,6 +46,8 @@ INGEST_METHOD = "/tailor.profile.v1.ProfileService/IngestEvents"
 GET_METHOD = "/tailor.profile.v1.ProfileService/GetProfile"
 SERVICE = pb.DESCRIPTOR.services_by_name["ProfileService"].full_name
 SEED = 20261125
+IDENTITY_WORKERS = {"TAILOR_IDENTITY_WORKERS": "2"}
+"""As in the identity benchmark; profile keeps 2 connections to identity (its default)."""
 BATCH = 500
 GROUP = 400
 """People whose events are interleaved in time order before being cut into batches."""
@@ -249,7 +251,9 @@ def run(context: Context) -> dict[str, float]:
     report = context.report
     requests, events = ingest_requests(sizes, report)
     with report.step("starting PostgreSQL, NATS, identity and profile"):
-        platform = Platform(scratch / "platform", services=["identity", "profile"], free_ports=True).start()
+        platform = Platform(
+            scratch / "platform", services=["identity", "profile"], free_ports=True, extra_env=IDENTITY_WORKERS
+        ).start()
     try:
         report.note(f"logs: {scratch / 'platform' / 'logs'}")
         figures = ingest(platform, requests, events, sizes, report)

@@ -6,12 +6,16 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import asyncpg
 import nats
+import psutil
+from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
 from tailor_cli.embedded import free_port
-from tailor_cli.launcher import ensure_databases
+from tailor_cli.launcher import Platform, ensure_databases
 from tailor_cli.testing import Infra
+from tailor_platform.channels import ChannelPool
 from tailor_platform.config import database_url_for
 from tailor_platform.db import driver_url
 
@@ -69,3 +73,29 @@ def test_unknown_service_is_a_clear_error() -> None:
     result = tailor("migrate", "billing")
     assert result.returncode != 0
     assert "unknown service(s): billing" in result.stderr + result.stdout
+
+
+def test_workers_share_the_port_and_stop_together(start_platform: Callable[..., Platform]) -> None:
+    """TAILOR_<SERVICE>_WORKERS=2: two worker processes answer on the one port (connections are
+    spread over them), and SIGTERM to the service stops both cleanly."""
+    platform = start_platform(["consent"], {"TAILOR_CONSENT_WORKERS": "2"})
+    supervisor = psutil.Process(platform.running["consent"].process.pid)
+    workers = [child for child in supervisor.children() if "resource_tracker" not in " ".join(child.cmdline())]
+    assert len(workers) == 2
+
+    async def check_over_many_connections() -> None:
+        pool = ChannelPool(platform.address("consent"), 8, interceptors=[])
+        try:
+            for _ in range(16):
+                stub = consent_pb2_grpc.ConsentServiceStub(pool.channel())
+                reply = await stub.CheckConsent(
+                    consent_pb2.CheckConsentRequest(customer_id="c-1", purpose="marketing", channel="email")
+                )
+                assert not reply.allowed
+        finally:
+            await pool.close()
+
+    asyncio.run(check_over_many_connections())
+    assert all(worker.is_running() for worker in workers)
+    assert platform.stop_service("consent") == 0
+    assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)

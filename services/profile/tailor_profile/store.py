@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
-from tailor_platform.db import NAMING_CONVENTION, Database
+from tailor_platform.db import NAMING_CONVENTION, Database, driver_connection
 
 from tailor_profile.domain.traits import TraitState
 
@@ -131,45 +131,41 @@ class ProfileStore:
         Locks are taken in one fixed order, so two batches never deadlock on each other."""
         keys = sorted(set(customer_ids))
         if keys:
-            await session.execute(
-                text(
-                    "SELECT pg_advisory_xact_lock(k) FROM "
-                    "(SELECT DISTINCT hashtextextended(c, 7) AS k FROM unnest(CAST(:ids AS text[])) c ORDER BY 1) s"
-                ),
-                {"ids": keys},
+            driver = await driver_connection(session)
+            await driver.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM "
+                "(SELECT DISTINCT hashtextextended(c, 7) AS k FROM unnest($1::text[]) c ORDER BY 1) s",
+                keys,
             )
 
     async def survivors(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, str]:
         """Absorbed id -> the customer it was merged into, for those of `customer_ids` merged away."""
         if not customer_ids:
             return {}
-        rows = await session.execute(
-            text("SELECT absorbed_id, survivor_id FROM customer_alias WHERE absorbed_id = ANY(:ids)"),
-            {"ids": list(set(customer_ids))},
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT absorbed_id, survivor_id FROM customer_alias WHERE absorbed_id = ANY($1::text[])",
+            list(set(customer_ids)),
         )
-        return {row.absorbed_id: row.survivor_id for row in rows}
+        return {row[0]: row[1] for row in rows}
 
     async def insert_events(self, session: AsyncSession, rows: Sequence[EventRow]) -> set[str]:
         """Store new events; returns the ids that were new (a known id is a duplicate)."""
         if not rows:
             return set()
-        result = await session.execute(
-            text(
-                "INSERT INTO event (event_id, customer_id, type, channel, occurred_at, payload) "
-                "SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:customers AS text[]), CAST(:types AS text[]), "
-                "CAST(:channels AS text[]), CAST(:times AS timestamptz[]), CAST(:payloads AS bytea[])) "
-                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-            ),
-            {
-                "ids": [r.event_id for r in rows],
-                "customers": [r.customer_id for r in rows],
-                "types": [r.type for r in rows],
-                "channels": [r.channel for r in rows],
-                "times": [r.occurred_at for r in rows],
-                "payloads": [r.payload for r in rows],
-            },
+        driver = await driver_connection(session)
+        inserted = await driver.fetch(
+            "INSERT INTO event (event_id, customer_id, type, channel, occurred_at, payload) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[]) "
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            [r.event_id for r in rows],
+            [r.customer_id for r in rows],
+            [r.type for r in rows],
+            [r.channel for r in rows],
+            [r.occurred_at for r in rows],
+            [r.payload for r in rows],
         )
-        return set(result.scalars())
+        return {row[0] for row in inserted}
 
     async def stored_event_ids(self, session: AsyncSession, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:
@@ -184,29 +180,24 @@ class ProfileStore:
     ) -> dict[str, TraitState]:
         if not customer_ids:
             return {}
-        rows = await session.execute(
-            text(
-                "SELECT customer_id, state FROM profile_state WHERE customer_id = ANY(:ids)"
-                + (" FOR UPDATE" if lock else "")
-            ),
-            {"ids": list(customer_ids)},
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT customer_id, state::text FROM profile_state WHERE customer_id = ANY($1::text[])"
+            + (" FOR UPDATE" if lock else ""),
+            list(customer_ids),
         )
-        return {row.customer_id: TraitState.from_json(row.state) for row in rows}
+        return {row[0]: TraitState.from_json(json.loads(row[1])) for row in rows}
 
     async def save_states(self, session: AsyncSession, states: dict[str, TraitState]) -> None:
         if not states:
             return
-        await session.execute(
-            text(
-                "INSERT INTO profile_state (customer_id, state, updated_at) "
-                "SELECT c, CAST(s AS jsonb), now() "
-                "FROM unnest(CAST(:ids AS text[]), CAST(:states AS text[])) AS t(c, s) "
-                "ON CONFLICT (customer_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at"
-            ),
-            {
-                "ids": list(states),
-                "states": [json.dumps(state.to_json(), separators=(",", ":")) for state in states.values()],
-            },
+        driver = await driver_connection(session)
+        await driver.execute(
+            "INSERT INTO profile_state (customer_id, state, updated_at) "
+            "SELECT c, s::jsonb, now() FROM unnest($1::text[], $2::text[]) AS t(c, s) "
+            "ON CONFLICT (customer_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+            list(states),
+            [json.dumps(state.to_json(), separators=(",", ":")) for state in states.values()],
         )
 
     async def delete_states(self, session: AsyncSession, customer_ids: Sequence[str]) -> None:
@@ -242,9 +233,7 @@ class ProfileStore:
             text("DELETE FROM customer_alias WHERE absorbed_id = :survivor"), {"survivor": survivor_id}
         )
 
-    async def profile_of(
-        self, db: Database, customer_id: str
-    ) -> tuple[str, TraitState | None, list[AttributeValue]]:
+    async def profile_of(self, db: Database, customer_id: str) -> tuple[str, TraitState | None, list[AttributeValue]]:
         """The customer (the survivor, if merged away), its trait state and attributes, in one
         round trip straight to the driver: GetProfile's whole read, without ORM overhead."""
         row = await db.read_row(PROFILE_QUERY, customer_id)

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -20,6 +21,7 @@ BLIND_INDEX_BYTES = 16
 """HMAC-SHA256 truncated to 128 bits: collisions stay out of reach, and the lookup index is half
 the size (it must stay in memory for the resolve path)."""
 DEV_SEED = b"tailor-identity-development-only"
+MAX_CACHED_KINDS = 1024
 
 
 def dev_key(purpose: str) -> bytes:
@@ -53,11 +55,20 @@ class Keyring:
             raise ValueError("the blind index key must be at most 64 bytes")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        # ... and the inner hash of each kind's prefix too (a few kinds: identifier types, external
+        # id namespaces, person blocks).
+        self._kinds: dict[str, Any] = {}
 
     def blind_index(self, kind: str, value: str) -> bytes:
         """A keyed, deterministic token for (kind, value); kind separates e.g. email from phone."""
-        inner = self._inner.copy()
-        inner.update(f"{kind}\x1f{value}".encode())
+        prefixed = self._kinds.get(kind)
+        if prefixed is None:
+            prefixed = self._inner.copy()
+            prefixed.update(f"{kind}\x1f".encode())
+            if len(self._kinds) < MAX_CACHED_KINDS:
+                self._kinds[kind] = prefixed
+        inner = prefixed.copy()
+        inner.update(value.encode())
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()[:BLIND_INDEX_BYTES]

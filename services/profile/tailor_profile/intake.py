@@ -7,6 +7,7 @@ Money is converted to the base currency here, once, so traits only ever add inte
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -220,6 +221,17 @@ def identity_records(event: pb.Event) -> list[identity_pb2.Identifier]:
         if e.value
     )
     return found
+
+
+_identifier_values = operator.attrgetter(*(name for name, _ in IDENTIFIER_FIELDS))
+
+
+def resolve_key(event: pb.Event) -> tuple[object, ...]:
+    """What identity resolves an event by: events with equal keys resolve to the same customer."""
+    ids = event.identifiers
+    person = event.person.SerializeToString(deterministic=True) if event.HasField("person") else b""
+    externals = tuple((e.namespace, e.value) for e in ids.external_ids) if ids.external_ids else ()
+    return (_identifier_values(ids), externals, person)
 
 
 def resolve_request(event: pb.Event) -> identity_pb2.ResolveRequest:

@@ -40,7 +40,7 @@ from tailor_profile.domain.traits import (
     evaluate,
     prune,
 )
-from tailor_profile.intake import Candidate, Intake, Rejection, resolve_request
+from tailor_profile.intake import Candidate, Intake, Rejection, resolve_key, resolve_request
 from tailor_profile.store import AttributeValue, EventRow, ProfileStore, StoredEvent
 
 log = logging.getLogger(__name__)
@@ -320,16 +320,15 @@ def _distinct_requests(candidates: Sequence[Candidate]) -> tuple[list[ResolveReq
     """One resolve record per distinct (identifiers, person) of the batch, and each candidate's
     record: a session's many events usually carry the same identifiers, and they resolve alike,
     so identity does that work once (the batch is still one ResolveBatch call)."""
-    slots: dict[bytes, int] = {}
+    slots: dict[tuple[Any, ...], int] = {}
     requests: list[ResolveRequest] = []
     slot_of = []
     for candidate in candidates:
-        request = resolve_request(candidate.event)
-        key = request.SerializeToString(deterministic=True)
+        key = resolve_key(candidate.event)
         slot = slots.get(key)
         if slot is None:
             slot = slots[key] = len(requests)
-            requests.append(request)
+            requests.append(resolve_request(candidate.event))
         slot_of.append(slot)
     return requests, slot_of
 

@@ -1,0 +1,37 @@
+"""The database mechanism against a real PostgreSQL: connections the server closed are replaced."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import text
+from tailor_cli.embedded import EmbeddedPostgres
+from tailor_platform.db import Database, driver_connection
+
+
+async def test_a_database_restart_costs_no_caller_an_error(tmp_path: Path) -> None:
+    """Pooled connections die with a restart; the next transactions and reads still succeed: the
+    driver has seen the server close them, and the pool replaces them at checkout (no ping round
+    trip per checkout)."""
+    postgres = EmbeddedPostgres(tmp_path)
+    database = Database(postgres.start().replace("postgresql://", "postgresql+asyncpg://", 1))
+    try:
+        async with database.transaction() as session:
+            assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+            driver = await driver_connection(session)
+            assert driver.is_in_transaction()
+        row = await database.read_row("SELECT 2 AS n")
+        assert row is not None and row["n"] == 2
+
+        postgres._pg_ctl("restart")
+        await asyncio.sleep(0.2)  # the event loop reads the server's goodbye on each pooled connection
+
+        for _ in range(3):  # more than one pooled connection may have died
+            async with database.transaction() as session:
+                assert (await (await driver_connection(session)).fetchval("SELECT 3")) == 3
+            row = await database.read_row("SELECT 4 AS n")
+            assert row is not None and row["n"] == 4
+    finally:
+        await database.dispose()
+        postgres.stop()

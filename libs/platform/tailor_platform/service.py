@@ -290,7 +290,9 @@ def supervise_workers(spec: ServiceSpec, workers: int) -> int:
         stop(signal.SIGTERM, None)
     for process in processes:
         process.join()
-    return max((abs(process.exitcode or 0) for process in processes), default=0)
+    # A worker stopped by SIGTERM before it had set up its handler was still starting: nothing to drain.
+    clean = (0, -signal.SIGTERM) if stopping.is_set() else (0,)
+    return max((abs(process.exitcode or 0) for process in processes if process.exitcode not in clean), default=0)
 
 
 def tune_garbage_collector() -> None:

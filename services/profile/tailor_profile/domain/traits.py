@@ -13,6 +13,7 @@ events arriving.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -398,7 +399,10 @@ MONETARY_LIMITS = (200_000, 100_000, 50_000, 20_000)
 """Net 365-day spend for monetary scores 5, 4, 3, 2 (1 for any)."""
 
 
+@functools.lru_cache(maxsize=65_536)
 def _iso(moment: int | None) -> str:
+    # Cached: ingestion evaluates each customer's traits before and after a batch, mostly with the
+    # same first/last-seen times.
     return "" if moment is None else datetime.fromtimestamp(moment, UTC).isoformat()
 
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_ATTEMPTS = 12
 U_SAMPLE = 2000
+REFIT_GROWTH = 1.05
 RETRYABLE_SQLSTATES = {"40001", "40P01", "23505"}  # serialization failure, deadlock, unique violation
 
 
@@ -120,6 +121,7 @@ class IdentityService:
         self._em = MatchModel()
         self._u_random = self.model.u
         self._u_basis = 0
+        self._fitted_pairs = 0
         self.retries = 0
 
     # -- resolution ------------------------------------------------------------------------------
@@ -378,9 +380,14 @@ class IdentityService:
             return
         await self.store.add_pattern_counts(session, new_counts)
         stored = await self.store.pattern_counts(session)
-        data = {matching.parse_pattern(key): count for key, count in stored.items()}
-        self._em = await asyncio.to_thread(matching.fit_em, data, self._em, 60)
-        records = await self.store.count_persons(session, 1 << 62) + batch_persons
+        pairs = sum(stored.values())
+        # EM is Python over every pattern: re-run it once the compared pairs grew by REFIT_GROWTH,
+        # not for every batch (a few more pairs barely move the estimates).
+        if pairs >= self._fitted_pairs * REFIT_GROWTH or not self._fitted_pairs:
+            data = {matching.parse_pattern(key): count for key, count in stored.items()}
+            self._em = await asyncio.to_thread(matching.fit_em, data, self._em, 60)
+            self._fitted_pairs = pairs
+        records = await self.store.estimate_persons(session) + batch_persons
         self.model = MatchModel(
             m=self._em.m,
             u=self._u_random,

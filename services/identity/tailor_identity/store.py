@@ -363,6 +363,15 @@ class IdentityStore:
         )
         return int(result.scalar_one())
 
+    async def estimate_persons(self, session: AsyncSession, exact_below: int = 10_000) -> int:
+        """How many person records are stored: counted exactly while there are few, then the
+        planner's estimate (kept by autovacuum), so that no batch scans the whole table."""
+        exact = await self.count_persons(session, exact_below)
+        if exact < exact_below:
+            return exact
+        estimate = await session.scalar(text("SELECT reltuples::bigint FROM pg_class WHERE oid = 'person'::regclass"))
+        return max(exact, int(estimate or 0))
+
     async def sample_persons(self, session: AsyncSession, limit: int) -> list[PersonRow]:
         rows = await session.execute(
             text("SELECT id, customer_id, ciphertext, key_id FROM person ORDER BY random() LIMIT :n"), {"n": limit}

@@ -31,12 +31,14 @@ from typing import Any
 
 import asyncpg
 import grpc
+import nats
 import psutil
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor_cli.embedded import free_port
 from tailor_cli.launcher import Platform, health_status
+from tailor_platform.bus.streams import STREAMS
 from tailor_platform.db import driver_url
 from tailor_profile.demo.generator import DemoConfig, interleaved, person_events, population
 
@@ -120,6 +122,30 @@ def wait_drained(url: str, timeout_s: float = 900.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the outbox or the queue of events waiting for identity did not drain")
         time.sleep(0.2)
+
+
+async def _consumer_backlog(nats_url: str, service: str) -> int:
+    """Messages the service's durable consumers have not acknowledged yet (e.g. identity.merged)."""
+    connection = await nats.connect(nats_url)
+    try:
+        js = connection.jetstream()
+        backlog = 0
+        for spec in STREAMS:
+            for info in await js.consumers_info(spec.name):
+                if info.name.startswith(f"{service}-"):
+                    backlog += (info.num_pending or 0) + (info.num_ack_pending or 0)
+        return backlog
+    finally:
+        await connection.close()
+
+
+def wait_consumers_idle(nats_url: str, service: str, timeout_s: float = 600.0) -> None:
+    """Reads are measured on a quiet service, not one still folding merges from the ingestion."""
+    deadline = time.monotonic() + timeout_s
+    while asyncio.run(_consumer_backlog(nats_url, service)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{service}'s consumers did not catch up")
+        time.sleep(0.5)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -268,6 +294,9 @@ def run(context: Context) -> dict[str, float]:
         noop = noop_rate(requests, sizes, report)
         figures["profile.ingest.noop_events_per_s"] = round(noop, 1)
         figures["profile.ingest.ratio_to_noop"] = round(figures["profile.ingest.events_per_s"] / noop, 3)
+        with report.step("waiting for profile's consumers (identity.merged) to catch up"):
+            assert platform.nats_url is not None
+            wait_consumers_idle(platform.nats_url, "profile")
         figures.update(get_profiles(platform, sizes, report))
         figures["profile.ingest.peak_rss_mb"] = round(peak_rss_mb(platform.running["profile"].process.pid), 1)
         return figures

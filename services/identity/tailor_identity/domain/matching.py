@@ -173,13 +173,19 @@ class MatchModel:
     u: list[list[float]] = field(default_factory=lambda: [_start_u(len(c.levels)) for c in COMPARISONS])
     prior: float = 0.05
     pairs: int = 0
+    _factors: dict[Pattern, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Bayes factors by pattern: a few hundred distinct patterns cover every compared pair. (A model
+    is never changed once made: estimation makes new ones.)"""
 
     def bayes_factor_log2(self, pattern: Pattern) -> float:
-        total = 0.0
-        for index, level in enumerate(pattern):
-            if level != MISSING:
-                total += math.log2(self.m[index][level] / self.u[index][level])
-        return total
+        factor = self._factors.get(pattern)
+        if factor is None:
+            factor = 0.0
+            for index, level in enumerate(pattern):
+                if level != MISSING:
+                    factor += math.log2(self.m[index][level] / self.u[index][level])
+            self._factors[pattern] = factor
+        return factor
 
     def weight(self, pattern: Pattern) -> float:
         """The Fellegi-Sunter match weight, prior included."""

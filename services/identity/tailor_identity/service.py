@@ -11,6 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -156,10 +157,12 @@ class IdentityService:
         customers only read are not locked (a concurrent merge of one is announced by its event)."""
         owners = await self.store.owners(session, [key.blind_index for keys in groups for key in keys])
         changing = set(also_lock)
+        owner_of = owners.get
         for index, keys in enumerate(groups):
-            found = {owners.get(key.blind_index) for key in keys}
-            if None in found or len(found) > 1 or (index < len(adds_person) and adds_person[index]):
-                changing.update(customer for customer in found if customer is not None)
+            found = {owner_of(key.blind_index) for key in keys}
+            if len(found) == 1 and None not in found and not (index < len(adds_person) and adds_person[index]):
+                continue  # the common case: every key already belongs to the same customer, nothing changes
+            changing.update(customer for customer in found if customer is not None)
         involved = sorted(changing)
         statuses = await self.store.lock_customers(session, involved)
         if any(statuses.get(customer) != "active" for customer in involved if customer not in also_lock):
@@ -220,7 +223,8 @@ class IdentityService:
         ]
         if await self.store.insert_identifiers(session, new_keys) < len(new_keys):
             raise Contention("a key was taken by a concurrent transaction")
-        envelopes: list[Envelope] = [events.resolved(customer) for customer in created]
+        now = datetime.now(UTC)
+        envelopes: list[Envelope] = [events.resolved(customer, now) for customer in created]
         for merge in planner.merges:
             _, envelope = await self._merge_one(
                 session, merge.survivor_id, [merge.absorbed_id], "resolution", merge.evidence

@@ -125,9 +125,9 @@ async def resolve_febrl(address: str, sizes: Sizes, report: Reporter) -> dict[st
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     report.note(f"FEBRL4: {len(predicted)} pairs predicted, {hits} of {len(truth)} true links found, {seconds:.1f} s")
     return {
-        "identity.febrl4.precision": round(precision, 5),
-        "identity.febrl4.recall": round(recall, 5),
-        "identity.febrl4.f1": round(f1, 5),
+        "identity.febrl4.precision": round(precision, 6),
+        "identity.febrl4.recall": round(recall, 6),
+        "identity.febrl4.f1": round(f1, 6),
         "identity.febrl4.seconds": round(seconds, 2),
     }
 

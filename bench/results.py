@@ -178,6 +178,9 @@ def _row(figure: Figure, value: float | str, measured: str, machine_label: str) 
 def format_number(value: float) -> str:
     if abs(value) >= 100:
         return f"{value:,.0f}"
+    if 0 < abs(value) < 1:
+        # Scores and ratios near a target (an F1 of 0.997996 is not 0.998): every digit stored.
+        return f"{value:.6g}"
     return f"{value:.3g}"
 
 

@@ -1,7 +1,10 @@
-"""The baseline: a ConsentService whose CheckConsent answers an empty response at once, served by
-grpc.aio in its own process like a real service (same server options, no interceptors, no work).
+"""The baselines: a service method that answers at once without doing anything, served by grpc.aio
+in its own process like a real service (same event loop and server options, no interceptors).
 
-    python -m bench.noop_server PORT
+- `consent`: ConsentService.CheckConsent answers an empty response.
+- `profile`: ProfileService.IngestEvents parses the batch and answers "accepted" for every event.
+
+    python -m bench.noop_server PORT [consent|profile]
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,38 +23,66 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tailor.consent.v1 import consent_pb2
+from tailor.profile.v1 import profile_pb2
 from tailor_cli.embedded import free_port
 from tailor_cli.launcher import health_status
 
 from bench.framework import REPO_ROOT
 from bench.loadgen import Server
 
-SERVICE = consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
-async def check_consent(
-    request: consent_pb2.CheckConsentRequest, context: grpc.aio.ServicerContext[Any, Any]
-) -> consent_pb2.CheckConsentResponse:
+async def check_consent(request: consent_pb2.CheckConsentRequest, context: Context) -> consent_pb2.CheckConsentResponse:
     return consent_pb2.CheckConsentResponse()
 
 
-def add_noop_consent(server: grpc.aio.Server) -> None:
-    """What add_ConsentServiceServicer_to_server does, for CheckConsent only."""
+async def ingest_events(request: profile_pb2.IngestEventsRequest, context: Context) -> profile_pb2.IngestEventsResponse:
+    return profile_pb2.IngestEventsResponse(
+        results=[
+            profile_pb2.EventResult(event_id=e.id, status=profile_pb2.EVENT_STATUS_ACCEPTED) for e in request.events
+        ],
+        accepted=len(request.events),
+    )
+
+
+def _add(
+    server: grpc.aio.Server, service: str, method: str, behaviour: Callable[..., Any], request: Any, response: Any
+) -> None:
+    """What the generated add_<Service>Servicer_to_server does, for one method."""
     handlers = {
-        "CheckConsent": grpc.unary_unary_rpc_method_handler(
-            check_consent,
-            request_deserializer=consent_pb2.CheckConsentRequest.FromString,
-            response_serializer=consent_pb2.CheckConsentResponse.SerializeToString,
+        method: grpc.unary_unary_rpc_method_handler(
+            behaviour, request_deserializer=request.FromString, response_serializer=response.SerializeToString
         )
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
-async def serve(port: int) -> None:
+NOOPS: dict[str, Callable[[grpc.aio.Server], None]] = {
+    "consent": lambda server: _add(
+        server,
+        consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
+        "CheckConsent",
+        check_consent,
+        consent_pb2.CheckConsentRequest,
+        consent_pb2.CheckConsentResponse,
+    ),
+    "profile": lambda server: _add(
+        server,
+        profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name,
+        "IngestEvents",
+        ingest_events,
+        profile_pb2.IngestEventsRequest,
+        profile_pb2.IngestEventsResponse,
+    ),
+}
+
+
+async def serve(port: int, service: str) -> None:
     # The same options as tailor_platform.service.ServiceProcess uses.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    add_noop_consent(server)
+    NOOPS[service](server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -66,13 +97,16 @@ async def serve(port: int) -> None:
 
 
 @contextmanager
-def running_noop_server(log_file: Path, timeout_s: float = 30.0) -> Iterator[Server]:
+def running_noop_server(log_file: Path, service: str = "consent", timeout_s: float = 30.0) -> Iterator[Server]:
     """Start the no-op server as a process; yields it once it is SERVING."""
     port = free_port()
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.noop_server", str(port)], cwd=REPO_ROOT, stdout=output, stderr=output
+            [sys.executable, "-m", "bench.noop_server", str(port), service],
+            cwd=REPO_ROOT,
+            stdout=output,
+            stderr=output,
         )
     address = f"127.0.0.1:{port}"
     try:
@@ -88,4 +122,4 @@ def running_noop_server(log_file: Path, timeout_s: float = 30.0) -> Iterator[Ser
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))  # the event loop every service runs on
+    uvloop.run(serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "consent"))  # as every service runs

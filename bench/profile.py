@@ -7,9 +7,8 @@ the profile process's peak memory.
 3. Ingest every batch once through IngestEvents at concurrency 4 (bench/loadgen.py, 2 processes):
    identity.ResolveBatch per batch, events stored, traits updated, profile.updated in the outbox.
    The figure counts until the outbox relay has published the last profile.updated.
-4. The same client sends the first batches to a no-op IngestEvents servicer (this module, run as
-   `python -m bench.profile noop PORT`: it parses the request and answers "accepted" for each
-   event), for the ratio.
+4. The same client sends the first batches to a no-op IngestEvents servicer (bench/noop_server.py:
+   it parses the request and answers "accepted" for each event), for the ratio.
 5. GetProfile by customer id at concurrency 8 over random stored profiles.
 6. Peak RSS of the profile process (VmHWM) after all of it.
 """
@@ -19,35 +18,26 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 import nats
 import psutil
-import uvloop
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tailor.profile.v1 import profile_pb2 as pb
-from tailor_cli.embedded import free_port
-from tailor_cli.launcher import Platform, health_status
+from tailor_cli.launcher import Platform
 from tailor_platform.bus.streams import STREAMS
 from tailor_platform.db import driver_url
 from tailor_profile.demo.generator import DemoConfig, interleaved, person_events, population
 
-from bench.framework import REPO_ROOT, SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most
-from bench.loadgen import LoadSpec, Server, run_load
+from bench.framework import SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most
+from bench.loadgen import LoadSpec, run_load
+from bench.noop_server import running_noop_server
 
 INGEST_METHOD = "/tailor.profile.v1.ProfileService/IngestEvents"
 GET_METHOD = "/tailor.profile.v1.ProfileService/GetProfile"
-SERVICE = pb.DESCRIPTOR.services_by_name["ProfileService"].full_name
 SEED = 20261125
 WORKERS = {"TAILOR_IDENTITY_WORKERS": "2", "TAILOR_PROFILE_WORKERS": "2"}
 """Two worker processes per service (2 cores); the clients keep 2 connections (the load generator
@@ -169,59 +159,6 @@ def peak_rss_mb(pid: int) -> float:
     return total_kb / 1024
 
 
-# -- the no-op servicer -----------------------------------------------------------------------------
-
-
-async def _noop_ingest(request: pb.IngestEventsRequest, context: Any) -> pb.IngestEventsResponse:
-    return pb.IngestEventsResponse(
-        results=[pb.EventResult(event_id=e.id, status=pb.EVENT_STATUS_ACCEPTED) for e in request.events],
-        accepted=len(request.events),
-    )
-
-
-async def serve_noop(port: int) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    handlers = {
-        "IngestEvents": grpc.unary_unary_rpc_method_handler(
-            _noop_ingest,
-            request_deserializer=pb.IngestEventsRequest.FromString,
-            response_serializer=pb.IngestEventsResponse.SerializeToString,
-        )
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(1.0)
-
-
-@contextmanager
-def running_noop(log_file: Path) -> Iterator[Server]:
-    port = free_port()
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.profile", "noop", str(port)], cwd=REPO_ROOT, stdout=output, stderr=output
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while health_status(address) != "SERVING":
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the no-op server did not start; see {log_file}")
-            time.sleep(0.1)
-        yield Server(address, process.pid)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 # -- the runs ---------------------------------------------------------------------------------------
 
 
@@ -248,7 +185,7 @@ def noop_rate(requests: list[bytes], sizes: Sizes, report: Reporter) -> float:
     sample = requests[: sizes.noop_batches]
     events = sum(len(pb.IngestEventsRequest.FromString(r).events) for r in sample)
     step = report.step(f"no-op IngestEvents, {len(sample)} batches")
-    with step, running_noop(SCRATCH_DIR / "profile" / "noop.log") as noop:
+    with step, running_noop_server(SCRATCH_DIR / "profile" / "noop.log", "profile") as noop:
         spec = LoadSpec(noop.address, INGEST_METHOD, sample, sizes.ingest_concurrency, 2, once=True)
         result = run_load(spec, SCRATCH_DIR / "profile" / "load-noop")
     rate = events / result.seconds
@@ -351,8 +288,3 @@ BENCHMARK = Benchmark(
         "and profile each run 2 worker processes (TAILOR_<SERVICE>_WORKERS=2) sharing their port.",
     ],
 )
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["noop"]:
-        uvloop.run(serve_noop(int(sys.argv[2])))  # the event loop every service runs on

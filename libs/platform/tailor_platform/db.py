@@ -56,6 +56,7 @@ class Database:
         telemetry.instrument_engine(self.engine)
         self._read_pool: asyncpg.Pool | None = None
         self._read_pool_size = pool_size
+        self._read_pool_lock = asyncio.Lock()  # the first concurrent reads must not open two pools
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -86,16 +87,19 @@ class Database:
         raise AssertionError("unreachable")
 
     async def _reader(self) -> asyncpg.Pool:
-        if self._read_pool is None:
-            self._read_pool = await asyncpg.create_pool(
-                driver_url(self.url),
-                min_size=1,
-                max_size=self._read_pool_size,
-                max_inactive_connection_lifetime=60,
-                init=_json_codecs,
-                reset=_keep_session,
-            )
-        return self._read_pool
+        if self._read_pool is not None:
+            return self._read_pool
+        async with self._read_pool_lock:
+            if self._read_pool is None:
+                self._read_pool = await asyncpg.create_pool(
+                    driver_url(self.url),
+                    min_size=1,
+                    max_size=self._read_pool_size,
+                    max_inactive_connection_lifetime=60,
+                    init=_json_codecs,
+                    reset=_keep_session,
+                )
+            return self._read_pool
 
     async def dispose(self) -> None:
         if self._read_pool is not None:

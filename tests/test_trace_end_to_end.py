@@ -112,9 +112,12 @@ def test_identity_merge_is_one_trace_from_identity_to_consent(platform: Platform
         )
 
     def complete(spans: list[ReceivedSpan]) -> bool:
+        # Each process exports on its own schedule: wait for identity's spans too, not only the consumers'.
+        published = any(s.kind == Span.SPAN_KIND_PRODUCER and "tailor.identity.merged" in s.name for s in spans)
         consumers = [s for s in spans if s.kind == Span.SPAN_KIND_CONSUMER]
         with_children = [c for c in consumers if any(s.parent_span_id == c.span_id for s in spans)]
-        return "tailor-consent" in {c.service for c in consumers} and len(with_children) == len(consumers)
+        consent_done = "tailor-consent" in {c.service for c in consumers} and len(with_children) == len(consumers)
+        return published and consent_done
 
     spans = wait_for_spans(receiver, trace_id, complete)
     server = one(spans, Span.SPAN_KIND_SERVER, "Merge")

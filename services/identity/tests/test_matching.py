@@ -28,6 +28,15 @@ def test_compare_grades_each_field() -> None:
     assert describe(compare(ANN, ANN))["surname"] == "exact"
 
 
+def test_swapped_digits_and_misplaced_spaces_are_small_errors() -> None:
+    # Neighbouring digits swapped in a birth date or postcode are one edit, not two; an address
+    # typed with its spaces in the wrong place is nearly the same address.
+    typo = Person("ann", "lee", "19800120", "1 mainst reet", "2000", "sydney")
+    assert compare(ANN, typo) == (0, 0, 1, 1, 0, 0)
+    assert compare(ANN, Person("ann", "lee", postcode="0200"))[4] == 1
+    assert compare(ANN, Person("ann", "lee", "19811202", "9 other road", "2999"))[2:5] == (3, 3, 2)
+
+
 def test_swapped_names_are_compared_crosswise() -> None:
     swapped = Person("lee", "ann", "19800102", "1 main street", "2000", "sydney")
     assert compare(ANN, swapped) == (0, 0, 0, 0, 0, 0)

@@ -20,7 +20,7 @@ from typing import cast
 
 import jellyfish
 from rapidfuzz import fuzz
-from rapidfuzz.distance import JaroWinkler, Levenshtein
+from rapidfuzz.distance import OSA, JaroWinkler
 
 from tailor_identity.domain.model import Person
 
@@ -52,10 +52,12 @@ def _grade_name(a: str, b: str) -> int:
 def _grade_date(a: str, b: str) -> int:
     if a == b:
         return 0
-    # One mistyped digit, or day and month swapped.
-    if Levenshtein.distance(a, b) <= 1 or (a[:4] == b[:4] and a[4:6] == b[6:8] and a[6:8] == b[4:6]):
+    # One mistyped digit, two neighbouring digits swapped (one edit in optimal string alignment),
+    # or day and month swapped.
+    edits = OSA.distance(a, b, score_cutoff=3)
+    if edits <= 1 or (a[:4] == b[:4] and a[4:6] == b[6:8] and a[6:8] == b[4:6]):
         return 1
-    if Levenshtein.distance(a, b) <= 2:
+    if edits <= 2:
         return 2
     return 3
 
@@ -63,7 +65,8 @@ def _grade_date(a: str, b: str) -> int:
 def _grade_address(a: str, b: str) -> int:
     if a == b:
         return 0
-    ratio = fuzz.token_set_ratio(a, b)
+    # Tokens in any order, or the same letters with the spaces misplaced ("28 dinnisonc ircuit").
+    ratio = max(fuzz.token_set_ratio(a, b), fuzz.ratio(a.replace(" ", ""), b.replace(" ", "")))
     if ratio >= 90:
         return 1
     if ratio >= 70:
@@ -74,7 +77,7 @@ def _grade_address(a: str, b: str) -> int:
 def _grade_code(a: str, b: str) -> int:
     if a == b:
         return 0
-    return 1 if Levenshtein.distance(a, b) <= 1 else 2
+    return 1 if OSA.distance(a, b, score_cutoff=2) <= 1 else 2  # a typo or two digits swapped
 
 
 def _grade_city(a: str, b: str) -> int:
@@ -87,7 +90,7 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("given_name", lambda p: p.given_name, _grade_name, ("exact", "jw>=0.92", "jw>=0.80", "different")),
     Comparison("surname", lambda p: p.surname, _grade_name, ("exact", "jw>=0.92", "jw>=0.80", "different")),
     Comparison("date_of_birth", lambda p: p.date_of_birth, _grade_date, ("exact", "1 edit", "2 edits", "different")),
-    Comparison("address", lambda p: p.address, _grade_address, ("exact", "tokens>=90", "tokens>=70", "different")),
+    Comparison("address", lambda p: p.address, _grade_address, ("exact", "sim>=90", "sim>=70", "different")),
     Comparison("postcode", lambda p: p.postcode, _grade_code, ("exact", "1 edit", "different")),
     Comparison("city", lambda p: p.city, _grade_city, ("exact", "jw>=0.88", "different")),
 )

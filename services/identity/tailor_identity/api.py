@@ -167,7 +167,10 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         check.done()
         outcome = await self.service.rekey(request.limit or DEFAULT_REKEY_LIMIT)
         return pb.ReKeyResponse(
-            rekeyed=outcome.rekeyed, remaining=outcome.remaining, active_key_id=outcome.active_key_id
+            rekeyed=outcome.rekeyed,
+            remaining=outcome.remaining,
+            active_key_id=outcome.active_key_id,
+            active_index_key_id=outcome.active_index_key_id,
         )
 
     # -- validation ------------------------------------------------------------------------------

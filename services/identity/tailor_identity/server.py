@@ -2,8 +2,10 @@
 
 Keys: `TAILOR_IDENTITY_ENCRYPTION_KEY` (base64 of 32 bytes; its id `TAILOR_IDENTITY_ENCRYPTION_KEY_ID`),
 `TAILOR_IDENTITY_OLD_ENCRYPTION_KEYS` ('{"1": "<base64>"}': keys still needed to read rows written
-before a rotation; `ReKey` re-encrypts those rows, after which the old key can go) and
-`TAILOR_IDENTITY_BLIND_INDEX_KEY`. Without them the service runs with a built-in development key
+before a rotation; `ReKey` re-encrypts those rows, after which the old key can go), and likewise
+`TAILOR_IDENTITY_BLIND_INDEX_KEY` with `TAILOR_IDENTITY_BLIND_INDEX_KEY_ID` and
+`TAILOR_IDENTITY_OLD_BLIND_INDEX_KEYS` (while old index keys are set, lookups also try each value's
+token under them, until `ReKey` has re-indexed every row). Without them the service runs with a built-in development key
 and says so loudly in its log: that key is public, so real deployments must set their own.
 """
 
@@ -37,6 +39,8 @@ class IdentitySettings(ServiceSettings):
     identity_encryption_key_id: int = Field(default=1, ge=1)
     identity_old_encryption_keys: dict[int, str] = Field(default_factory=dict, repr=False)
     identity_blind_index_key: str = Field(default="", repr=False)
+    identity_blind_index_key_id: int = Field(default=1, ge=1)
+    identity_old_blind_index_keys: dict[int, str] = Field(default_factory=dict, repr=False)
     identity_phone_region: str = "US"
     identity_email_ignore_dots: list[str] = Field(default=sorted(EmailRules().ignore_dots))
     identity_email_strip_plus_tags: list[str] = Field(default=sorted(EmailRules().strip_plus_tags))
@@ -49,7 +53,13 @@ class IdentitySettings(ServiceSettings):
         if self.identity_encryption_key and self.identity_blind_index_key:
             keys = {int(k): decode_key(v) for k, v in self.identity_old_encryption_keys.items()}
             keys[self.identity_encryption_key_id] = decode_key(self.identity_encryption_key)
-            return Keyring(keys, self.identity_encryption_key_id, decode_key(self.identity_blind_index_key))
+            return Keyring(
+                keys,
+                self.identity_encryption_key_id,
+                decode_key(self.identity_blind_index_key),
+                self.identity_blind_index_key_id,
+                {int(k): decode_key(v) for k, v in self.identity_old_blind_index_keys.items()},
+            )
         log.warning(
             "IDENTITY IS USING THE BUILT-IN DEVELOPMENT KEYS: stored identifiers are NOT protected. "
             "Set TAILOR_IDENTITY_ENCRYPTION_KEY and TAILOR_IDENTITY_BLIND_INDEX_KEY (base64, 32 bytes)."

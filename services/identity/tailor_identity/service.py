@@ -27,7 +27,7 @@ from tailor_identity.domain.keys import PERSON_CONTEXT, KeyMaker
 from tailor_identity.domain.matching import MatchModel, Pattern, Thresholds
 from tailor_identity.domain.model import DEFAULT_LIMITS, Conflict, Key, Person, Record
 from tailor_identity.domain.resolution import Outcome, Planner
-from tailor_identity.store import IdentifierRow, IdentityStore, NewIdentifier, NewPerson
+from tailor_identity.store import IdentifierRow, IdentityStore, NewIdentifier, NewPerson, StaleRow
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class ReKeyOutcome:
     rekeyed: int
     remaining: int
     active_key_id: int
+    active_index_key_id: int
 
 
 def new_customer_id() -> str:
@@ -155,7 +156,7 @@ class IdentityService:
         """What the database says about the keys of these records. Customers that the batch may
         change (attach a key to, merge) are locked until commit and their identifier counts loaded;
         customers only read are not locked (a concurrent merge of one is announced by its event)."""
-        owners = await self.store.owners(session, [key.blind_index for keys in groups for key in keys])
+        owners = await self._owners(session, [key for keys in groups for key in keys])
         changing = set(also_lock)
         owner_of = owners.get
         for index, keys in enumerate(groups):
@@ -169,6 +170,15 @@ class IdentityService:
             raise Contention("a customer was merged since we looked")
         counts = await self.store.type_counts(session, involved)
         return Planner(owners, counts, new_customer_id, self.limits)
+
+    async def _owners(self, session: AsyncSession, keys: Sequence[Key]) -> dict[bytes, str]:
+        """Owner by (active) blind index; while the blind index key rotates, a key still stored
+        under an old token is found by that token."""
+        if not self.keys.keyring.rotating_index:
+            return await self.store.owners(session, [key.blind_index for key in keys])
+        active_of = {old: key.blind_index for key in keys for old in key.old_blind_indexes}
+        found = await self.store.owners(session, [key.blind_index for key in keys] + list(active_of))
+        return {active_of.get(token, token): owner for token, owner in found.items()}
 
     async def _resolve(self, session: AsyncSession, records: Sequence[Record]) -> list[Resolution]:
         planner = await self._planner(
@@ -216,6 +226,7 @@ class IdentityService:
                 planner.find(customer),
                 source,
                 evidence,
+                self.keys.keyring.blind_index_key_id,
             )
             # In blind-index order: concurrent batches then wait for each other's keys in the same
             # order on the unique index instead of deadlocking (and waiting a second to find out).
@@ -278,6 +289,7 @@ class IdentityService:
                     self.keys.keyring.encrypt(self.keys.person_plaintext(record.person), PERSON_CONTEXT),
                     self.keys.keyring.active_id,
                     self.keys.block_indexes(record.person),
+                    self.keys.keyring.blind_index_key_id,
                 )
             )
         await self.store.insert_persons(session, persons)
@@ -297,7 +309,8 @@ class IdentityService:
         if not waiting:
             return []
         blocks = {m.index: self.keys.block_indexes(m.person) for m in waiting}
-        stored = await self._stored_persons(session, [key for keys in blocks.values() for key in keys])
+        old_blocks = {old: active for m in waiting for old, active in self.keys.old_block_indexes(m.person).items()}
+        stored = await self._stored_persons(session, [key for keys in blocks.values() for key in keys], old_blocks)
         self._compare(records, outcomes, waiting, blocks, stored)
         counts = Counter(matching.pattern_key(p) for m in waiting for _, p in m.compared)
         await self._estimate_u(session, [m.person for m in waiting])
@@ -324,14 +337,16 @@ class IdentityService:
         planner.counts.update(await self.store.type_counts(session, sorted(targets)))
 
     async def _stored_persons(
-        self, session: AsyncSession, block_keys: list[bytes]
+        self, session: AsyncSession, block_keys: list[bytes], old_blocks: dict[bytes, bytes]
     ) -> dict[bytes, list[tuple[str, Person]]]:
+        """Stored persons by (active) block key; `old_blocks` maps tokens under old blind index
+        keys to the active ones while a rotation runs."""
         by_block: dict[bytes, list[tuple[str, Person]]] = {}
         decrypted: dict[int, Person] = {}
-        for block_key, row in await self.store.persons_in_blocks(session, block_keys):
+        for block_key, row in await self.store.persons_in_blocks(session, block_keys + list(old_blocks)):
             if row.id not in decrypted:
                 decrypted[row.id] = self.keys.decrypt_person(row.key_id, row.ciphertext)
-            by_block.setdefault(block_key, []).append((row.customer_id, decrypted[row.id]))
+            by_block.setdefault(old_blocks.get(block_key, block_key), []).append((row.customer_id, decrypted[row.id]))
         return by_block
 
     def _compare(
@@ -518,7 +533,8 @@ class IdentityService:
         async def work(session: AsyncSession) -> tuple[str, list[str]]:
             await self.store.lock_customers(session, [customer_id])
             await self._require_active(session, customer_id)
-            rows = await self.store.identifiers_by_index(session, [key.blind_index for key in keys])
+            tokens = [token for key in keys for token in (key.blind_index, *key.old_blind_indexes)]
+            rows = await self.store.identifiers_by_index(session, tokens)
             mine = [row.id for row in rows if row.customer_id == customer_id]
             if len(mine) != len({key.blind_index for key in keys}):
                 raise FailedPrecondition(f"not every identifier belongs to customer {customer_id}")
@@ -606,7 +622,7 @@ class IdentityService:
 
     async def owner_of(self, key: Key) -> str:
         async with self.db.sessions() as session:
-            owners = await self.store.owners(session, [key.blind_index])
+            owners = await self._owners(session, [key])
         if key.blind_index not in owners:
             raise NotFound("no customer has this identifier")
         return owners[key.blind_index]
@@ -631,25 +647,45 @@ class IdentityService:
     # -- key rotation ----------------------------------------------------------------------------
 
     async def rekey(self, limit: int) -> ReKeyOutcome:
-        """Re-encrypt up to `limit` rows still under an old key with the active key."""
+        """Re-encrypt and re-index up to `limit` rows still under an old encryption or blind index
+        key with the active keys."""
         keyring = self.keys.keyring
-        done = 0
+        active = (keyring.active_id, keyring.blind_index_key_id)
         async with self.db.transaction() as session:
-            for table in ("identifier", "person"):
-                rows = await self.store.stale_rows(session, table, keyring.active_id, limit - done)
-                if not rows:
-                    continue
-                contexts = [row.context.encode() if table == "identifier" else PERSON_CONTEXT for row in rows]
-                sealed = [
-                    keyring.encrypt(keyring.decrypt(row.key_id, bytes(row.ciphertext), ctx), ctx)
-                    for row, ctx in zip(rows, contexts, strict=True)
-                ]
-                await self.store.rewrite_ciphertexts(
-                    session, table, [row.id for row in rows], sealed, keyring.active_id
+            identifiers = await self.store.stale_rows(session, "identifier", *active, limit)
+            if identifiers:
+                await self.store.rewrite_identifiers(
+                    session, identifiers, *self._rekeyed_identifiers(identifiers), *active
                 )
-                done += len(rows)
-            remaining = await self.store.count_stale(session, keyring.active_id)
-        return ReKeyOutcome(done, remaining, keyring.active_id)
+            persons = await self.store.stale_rows(session, "person", *active, limit - len(identifiers))
+            if persons:
+                await self.store.rewrite_persons(session, persons, self._rekeyed_persons(persons), *active)
+            remaining = await self.store.count_stale(session, *active)
+        return ReKeyOutcome(len(identifiers) + len(persons), remaining, *active)
+
+    def _rekeyed_identifiers(self, rows: Sequence[StaleRow]) -> tuple[list[bytes], list[bytes]]:
+        """Ciphertexts and blind indexes under the active keys (the context is the identifier type)."""
+        keyring = self.keys.keyring
+        ciphertexts, blind_indexes = [], []
+        for row in rows:
+            value = keyring.decrypt(row.key_id, row.ciphertext, row.context.encode())
+            ciphertexts.append(keyring.encrypt(value, row.context.encode()))
+            blind_indexes.append(self.keys.stored_key_index(row.context, value.decode()))
+        return ciphertexts, blind_indexes
+
+    def _rekeyed_persons(self, rows: Sequence[StaleRow]) -> list[tuple[bytes, bytes, list[bytes]]]:
+        """(ciphertext, fingerprint, block keys) of each person record under the active keys."""
+        rekeyed = []
+        for row in rows:
+            person = self.keys.decrypt_person(row.key_id, row.ciphertext)
+            rekeyed.append(
+                (
+                    self.keys.keyring.encrypt(self.keys.person_plaintext(person), PERSON_CONTEXT),
+                    self.keys.fingerprint(person),
+                    self.keys.block_indexes(person),
+                )
+            )
+        return rekeyed
 
 
 def _final_conflict(planner: Planner, conflict: Conflict) -> Conflict:

@@ -15,7 +15,7 @@ from tailor_platform.db import driver_connection
 
 from tailor_identity.tables import Base
 
-__all__ = ["Base", "IdentifierRow", "IdentityStore", "PersonRow"]
+__all__ = ["Base", "IdentifierRow", "IdentityStore", "PersonRow", "StaleRow"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class NewIdentifier:
     customer_id: str
     source: str
     evidence: str
+    index_key_id: int
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,18 @@ class NewPerson:
     ciphertext: bytes
     key_id: int
     block_keys: list[bytes]
+    index_key_id: int
+
+
+@dataclass(frozen=True)
+class StaleRow:
+    """A row to re-key: its plaintext's context, ciphertext and the keys it is under."""
+
+    id: int
+    context: str
+    ciphertext: bytes
+    key_id: int
+    index_key_id: int
 
 
 def _column(rows: Sequence[Any], name: str) -> list[Any]:
@@ -114,9 +127,9 @@ class IdentityStore:
             return 0
         driver = await driver_connection(session)
         status = await driver.execute(
-            "INSERT INTO identifier (blind_index, id_type, ciphertext, key_id, customer_id, source, evidence) "
-            "SELECT * FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::text[], "
-            "$7::text[]) ON CONFLICT (blind_index) DO NOTHING",
+            "INSERT INTO identifier (blind_index, id_type, ciphertext, key_id, customer_id, source, evidence, "
+            "index_key_id) SELECT *, $8::int FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::int[], "
+            "$5::text[], $6::text[], $7::text[]) ON CONFLICT (blind_index) DO NOTHING",
             _column(rows, "blind_index"),
             _column(rows, "id_type"),
             _column(rows, "ciphertext"),
@@ -124,6 +137,7 @@ class IdentityStore:
             _column(rows, "customer_id"),
             _column(rows, "source"),
             _column(rows, "evidence"),
+            rows[0].index_key_id,
         )
         return int(str(status).rsplit(" ", 1)[-1])
 
@@ -292,9 +306,9 @@ class IdentityStore:
             return
         result = await session.execute(
             text(
-                "INSERT INTO person (customer_id, fingerprint, ciphertext, key_id) "
-                "SELECT c, f, ct, k FROM unnest(CAST(:c AS text[]), CAST(:f AS bytea[]), CAST(:ct AS bytea[]), "
-                "CAST(:k AS int[])) WITH ORDINALITY AS x(c, f, ct, k, n) "
+                "INSERT INTO person (customer_id, fingerprint, ciphertext, key_id, index_key_id) "
+                "SELECT c, f, ct, k, CAST(:i AS int) FROM unnest(CAST(:c AS text[]), CAST(:f AS bytea[]), "
+                "CAST(:ct AS bytea[]), CAST(:k AS int[])) WITH ORDINALITY AS x(c, f, ct, k, n) "
                 "WHERE NOT EXISTS (SELECT 1 FROM person p WHERE p.customer_id = x.c AND p.fingerprint = x.f) "
                 "ORDER BY n RETURNING id, customer_id, fingerprint"
             ),
@@ -303,6 +317,7 @@ class IdentityStore:
                 "f": _column(persons, "fingerprint"),
                 "ct": _column(persons, "ciphertext"),
                 "k": _column(persons, "key_id"),
+                "i": persons[0].index_key_id,
             },
         )
         ids = {(row.customer_id, bytes(row.fingerprint)): row.id for row in result}
@@ -416,37 +431,98 @@ class IdentityStore:
 
     # -- key rotation ----------------------------------------------------------------------------
 
-    async def stale_rows(self, session: AsyncSession, table: str, active_key_id: int, limit: int) -> list[Row[Any]]:
+    async def stale_rows(
+        self, session: AsyncSession, table: str, key_id: int, index_key_id: int, limit: int
+    ) -> list[StaleRow]:
+        """Rows encrypted or indexed under a key other than the active ones, locked for re-keying."""
         assert table in ("identifier", "person")
         context = "id_type" if table == "identifier" else "customer_id"
         rows = await session.execute(
             text(
-                f"SELECT id, {context} AS context, ciphertext, key_id FROM {table} WHERE key_id <> :k "
-                "ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
+                f"SELECT id, {context} AS context, ciphertext, key_id, index_key_id FROM {table} "
+                "WHERE key_id <> :k OR index_key_id <> :i ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
             ),
-            {"k": active_key_id, "n": limit},
+            {"k": key_id, "i": index_key_id, "n": limit},
         )
-        return list(rows)
+        return [StaleRow(row.id, row.context, bytes(row.ciphertext), row.key_id, row.index_key_id) for row in rows]
 
-    async def rewrite_ciphertexts(
-        self, session: AsyncSession, table: str, ids: list[int], ciphertexts: list[bytes], key_id: int
+    async def rewrite_identifiers(
+        self,
+        session: AsyncSession,
+        rows: Sequence[StaleRow],
+        ciphertexts: Sequence[bytes],
+        blind_indexes: Sequence[bytes],
+        key_id: int,
+        index_key_id: int,
     ) -> None:
-        assert table in ("identifier", "person")
+        """New ciphertexts and tokens; conflicts recorded against an old token follow it."""
+        ids = [row.id for row in rows]
+        old = await session.execute(
+            text("SELECT id, blind_index FROM identifier WHERE id = ANY(CAST(:ids AS bigint[]))"), {"ids": ids}
+        )
+        old_index = {row.id: bytes(row.blind_index) for row in old}
         await session.execute(
             text(
-                f"UPDATE {table} t SET ciphertext = x.ct, key_id = :k FROM unnest(CAST(:ids AS bigint[]), "
-                "CAST(:cts AS bytea[])) AS x(id, ct) WHERE t.id = x.id"
+                "UPDATE identifier t SET ciphertext = x.ct, blind_index = x.bi, key_id = :k, index_key_id = :i "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:cts AS bytea[]), CAST(:bis AS bytea[])) AS x(id, ct, bi) "
+                "WHERE t.id = x.id"
             ),
-            {"k": key_id, "ids": ids, "cts": ciphertexts},
+            {"k": key_id, "i": index_key_id, "ids": ids, "cts": list(ciphertexts), "bis": list(blind_indexes)},
         )
+        moved = [(old_index[i], new) for i, new in zip(ids, blind_indexes, strict=True) if old_index[i] != new]
+        if moved:
+            await session.execute(
+                text(
+                    "UPDATE conflict c SET blind_index = x.new FROM unnest(CAST(:old AS bytea[]), "
+                    "CAST(:new AS bytea[])) AS x(old, new) WHERE c.blind_index = x.old"
+                ),
+                {"old": [pair[0] for pair in moved], "new": [pair[1] for pair in moved]},
+            )
 
-    async def count_stale(self, session: AsyncSession, active_key_id: int) -> int:
+    async def rewrite_persons(
+        self,
+        session: AsyncSession,
+        rows: Sequence[StaleRow],
+        rewritten: Sequence[tuple[bytes, bytes, list[bytes]]],
+        key_id: int,
+        index_key_id: int,
+    ) -> None:
+        """New (ciphertext, fingerprint, block keys) per person row."""
+        ids = [row.id for row in rows]
+        await session.execute(
+            text(
+                "UPDATE person t SET ciphertext = x.ct, fingerprint = x.f, key_id = :k, index_key_id = :i "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:cts AS bytea[]), CAST(:fs AS bytea[])) AS x(id, ct, f) "
+                "WHERE t.id = x.id"
+            ),
+            {
+                "k": key_id,
+                "i": index_key_id,
+                "ids": ids,
+                "cts": [new[0] for new in rewritten],
+                "fs": [new[1] for new in rewritten],
+            },
+        )
+        await session.execute(
+            text("DELETE FROM person_block WHERE person_id = ANY(CAST(:ids AS bigint[]))"), {"ids": ids}
+        )
+        blocks = [(block, person_id) for person_id, new in zip(ids, rewritten, strict=True) for block in new[2]]
+        if blocks:
+            await session.execute(
+                text(
+                    "INSERT INTO person_block (block_key, person_id) "
+                    "SELECT * FROM unnest(CAST(:b AS bytea[]), CAST(:p AS bigint[])) ON CONFLICT DO NOTHING"
+                ),
+                {"b": [block for block, _ in blocks], "p": [person_id for _, person_id in blocks]},
+            )
+
+    async def count_stale(self, session: AsyncSession, key_id: int, index_key_id: int) -> int:
         result = await session.execute(
             text(
-                "SELECT (SELECT count(*) FROM identifier WHERE key_id <> :k) + "
-                "(SELECT count(*) FROM person WHERE key_id <> :k)"
+                "SELECT (SELECT count(*) FROM identifier WHERE key_id <> :k OR index_key_id <> :i) + "
+                "(SELECT count(*) FROM person WHERE key_id <> :k OR index_key_id <> :i)"
             ),
-            {"k": active_key_id},
+            {"k": key_id, "i": index_key_id},
         )
         return int(result.scalar_one())
 

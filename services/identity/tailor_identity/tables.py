@@ -55,6 +55,7 @@ identifier = Table(
     Column("id_type", String(32), nullable=False),
     Column("ciphertext", LargeBinary, nullable=False),
     Column("key_id", Integer, nullable=False),
+    Column("index_key_id", Integer, nullable=False, server_default="1"),  # the blind index key's id
     # No foreign key: see migration 0002 (the check cost a customer row lock per inserted identifier).
     Column("customer_id", String(64), nullable=False),
     Column("source", String(32), nullable=False),
@@ -76,6 +77,7 @@ person = Table(
     Column("fingerprint", LargeBinary, nullable=False),
     Column("ciphertext", LargeBinary, nullable=False),
     Column("key_id", Integer, nullable=False),
+    Column("index_key_id", Integer, nullable=False, server_default="1"),  # of fingerprint and blocks
     _created(),
     Index("ix_person_customer_id_fingerprint", "customer_id", "fingerprint"),
 )

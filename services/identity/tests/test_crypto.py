@@ -32,3 +32,13 @@ def test_blind_index_is_hmac_sha256() -> None:
     ring = Keyring({1: dev_key("a")}, 1, dev_key("b"))
     expected = hmac.new(dev_key("b"), b"email|\x1fann@example.com", hashlib.sha256).digest()
     assert ring.blind_index("email|", "ann@example.com") == expected[:16]
+
+
+def test_old_blind_index_keys_give_the_tokens_they_gave_when_active() -> None:
+    before = Keyring({1: dev_key("a")}, 1, dev_key("b"))
+    during = Keyring({1: dev_key("a")}, 1, dev_key("c"), 2, {1: dev_key("b")})
+    assert not before.rotating_index and during.rotating_index
+    assert during.old_blind_indexes("email|", "ann@example.com") == (before.blind_index("email|", "ann@example.com"),)
+    assert during.blind_index("email|", "ann@example.com") != before.blind_index("email|", "ann@example.com")
+    with pytest.raises(ValueError, match="both active and old"):
+        Keyring({1: dev_key("a")}, 1, dev_key("c"), 2, {2: dev_key("b")})

@@ -4,16 +4,22 @@ events on NATS."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Callable
 
 import grpc
 import nats
 import pytest
+import typer
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
 from tailor_cli.launcher import Platform
+from tailor_identity.cli import rekey
+from tailor_identity.domain.crypto import dev_key
 from tailor_platform.errors import field_violations
+from typer.testing import CliRunner
 
 
 def ident(kind: str, value: str, namespace: str = "") -> pb.Identifier:
@@ -92,3 +98,45 @@ async def test_resolve_link_merge_unmerge_over_grpc(platform: Platform) -> None:
     assert {"identity.resolved", "identity.merged", "identity.unmerged"} <= {e.type for e in seen}
     log = (platform.data_dir / "logs" / "identity.log").read_text()
     assert "kim@example.com" not in log.lower()
+
+
+def test_key_rotation_with_the_rekey_command(start_platform: Callable[..., Platform]) -> None:
+    """New encryption and blind index keys: rows written under the old ones stay found until
+    `tailor identity-rekey` has moved them, after which the old keys can go."""
+    platform = start_platform(["identity"])
+    kim = pb.ResolveRequest(
+        identifiers=[ident("email", "kim@example.com")], person=pb.PersonAttributes(given_name="Kim", surname="Ode")
+    )
+
+    def resolve() -> pb.ResolveResponse:
+        with grpc.insecure_channel(platform.address("identity")) as channel:
+            response: pb.ResolveResponse = identity_pb2_grpc.IdentityServiceStub(channel).Resolve(kim, timeout=10)
+            return response
+
+    first = resolve()
+    new_keys = {
+        "TAILOR_IDENTITY_ENCRYPTION_KEY": base64.b64encode(bytes(range(32))).decode(),
+        "TAILOR_IDENTITY_ENCRYPTION_KEY_ID": "2",
+        "TAILOR_IDENTITY_BLIND_INDEX_KEY": base64.b64encode(bytes(range(1, 33))).decode(),
+        "TAILOR_IDENTITY_BLIND_INDEX_KEY_ID": "2",
+    }
+    old_keys = {
+        "TAILOR_IDENTITY_OLD_ENCRYPTION_KEYS": json.dumps({"1": base64.b64encode(dev_key("encryption")).decode()}),
+        "TAILOR_IDENTITY_OLD_BLIND_INDEX_KEYS": json.dumps({"1": base64.b64encode(dev_key("blind-index")).decode()}),
+    }
+    platform.extra_env.update(new_keys | old_keys)
+    platform.restart_service("identity")
+    during = resolve()
+    assert (during.customer_id, during.created) == (first.customer_id, False)
+
+    command = typer.Typer()
+    command.command()(rekey)
+    result = CliRunner().invoke(command, ["--address", platform.address("identity"), "--batch", "1"])
+    assert result.exit_code == 0, result.output
+    assert "2 rows re-keyed" in result.output  # the identifier and the person record
+
+    for name in old_keys:
+        del platform.extra_env[name]
+    platform.restart_service("identity")
+    after = resolve()
+    assert (after.customer_id, after.created) == (first.customer_id, False)

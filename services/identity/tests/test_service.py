@@ -10,12 +10,14 @@ import pytest
 from sqlalchemy import text
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.events.v1.identity_pb2 import IdentityMerged
+from tailor_identity.domain.crypto import Keyring
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.model import Record
 from tailor_identity.service import IdentityService
 from tailor_platform.db import Database
 from tailor_platform.errors import FailedPrecondition
 
+from . import conftest
 from .conftest import keyring
 
 WORKERS = int(os.environ.get("IDENTITY_TEST_WORKERS", "12"))
@@ -217,3 +219,38 @@ async def test_rekey_reencrypts_with_the_active_key(database: Database, identity
     assert [link.value for link in graph.links] == ["r@example.com"]
     [again] = await rotated.resolve_batch([record(k, ("email", "r@example.com"))])
     assert again.customer_id == a.customer_id
+
+
+async def test_blind_index_key_rotation(database: Database, identity: IdentityService) -> None:
+    rita = {"given_name": "Rita", "surname": "Ko", "date_of_birth": "1980-02-01", "postcode": "2000"}
+    [a] = await identity.resolve_batch([record(identity.keys, ("email", "r@example.com"), person=rita)])
+    new_index_key = bytes(range(3, 35))
+    rotating = KeyMaker(Keyring(keyring().keys, 1, new_index_key, 2, {1: conftest.BLIND_KEY}))
+    during = IdentityService(database, identity.outbox, rotating)
+
+    # Before ReKey: rows indexed under the old key are still found through their old token.
+    [again] = await during.resolve_batch([record(rotating, ("email", "R@Example.com"))])
+    assert (again.customer_id, again.created) == (a.customer_id, False)
+    assert await during.owner_of(rotating.key("email", "r@example.com")) == a.customer_id
+
+    assert (await during.rekey(limit=1)).remaining == 1
+    assert (await during.rekey(limit=100)).remaining == 0
+    after = KeyMaker(Keyring(keyring().keys, 1, new_index_key, 2))  # the old index key is gone
+    rotated = IdentityService(database, identity.outbox, after)
+    [found] = await rotated.resolve_batch([record(after, ("email", "r@example.com"))])
+    assert (found.customer_id, found.created) == (a.customer_id, False)
+    async with database.sessions() as session:
+        identifier = (await session.execute(text("SELECT blind_index, index_key_id FROM identifier"))).one()
+        person = (await session.execute(text("SELECT id, fingerprint, index_key_id FROM person"))).one()
+        blocks = await session.scalars(
+            text("SELECT block_key FROM person_block WHERE person_id = :p"), {"p": person.id}
+        )
+        block_keys = sorted(bytes(block) for block in blocks)
+    assert (bytes(identifier.blind_index), identifier.index_key_id) == (
+        after.key("email", "r@example.com").blind_index,
+        2,
+    )
+    normalized = after.person(**rita)
+    assert (bytes(person.fingerprint), person.index_key_id) == (after.fingerprint(normalized), 2)
+    assert block_keys == sorted(after.block_indexes(normalized))
+    assert [link.value for link in (await rotated.graph(a.customer_id)).links] == ["r@example.com"]

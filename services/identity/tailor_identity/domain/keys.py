@@ -39,7 +39,16 @@ class KeyMaker:
             id_type, value, namespace, email_rules=self.email_rules, phone_region=self.phone_region
         )
         kind = _KINDS.get(id_type, "") if not space else f"{id_type}|{space}"
-        return Key(id_type, normalized, space, self.keyring.blind_index(kind, normalized))
+        keyring = self.keyring
+        if keyring.rotating_index:
+            old = keyring.old_blind_indexes(kind, normalized)
+            return Key(id_type, normalized, space, keyring.blind_index(kind, normalized), old)
+        return Key(id_type, normalized, space, keyring.blind_index(kind, normalized))
+
+    def stored_key_index(self, id_type: str, stored_value: str) -> bytes:
+        """The blind index under the active key of an identifier as stored (see Key.stored_value)."""
+        namespace, _, value = stored_value.rpartition("\x1f")
+        return self.keyring.blind_index(f"{id_type}|{namespace}", value)
 
     def person(
         self,
@@ -83,6 +92,16 @@ class KeyMaker:
 
     def block_indexes(self, person: Person) -> list[bytes]:
         return [self.keyring.blind_index("block", key) for key in matching.block_keys(person)]
+
+    def old_block_indexes(self, person: Person) -> dict[bytes, bytes]:
+        """While a blind index rotation runs: each block token under an old key -> the active one."""
+        if not self.keyring.rotating_index:
+            return {}
+        return {
+            old: self.keyring.blind_index("block", key)
+            for key in matching.block_keys(person)
+            for old in self.keyring.old_blind_indexes("block", key)
+        }
 
     def decrypt_person(self, key_id: int, ciphertext: bytes) -> Person:
         return Person.from_dict(json.loads(self.keyring.decrypt(key_id, ciphertext, PERSON_CONTEXT)))

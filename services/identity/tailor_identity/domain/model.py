@@ -55,6 +55,8 @@ class Key(NamedTuple):
     value: str
     namespace: str
     blind_index: bytes
+    old_blind_indexes: tuple[bytes, ...] = ()
+    """Its tokens under old blind index keys, while a rotation runs (looked up too)."""
 
     @property
     def anonymous(self) -> bool:

@@ -26,7 +26,7 @@ from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.matching import Thresholds
 from tailor_identity.domain.model import DEFAULT_LIMITS
 from tailor_identity.domain.normalize import EmailRules
-from tailor_identity.service import IdentityService
+from tailor_identity.service import DEFAULT_PERSON_CACHE_SIZE, IdentityService
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class IdentitySettings(ServiceSettings):
     # Match probability thresholds (Fellegi-Sunter posterior): link automatically / queue for review.
     identity_auto_merge_probability: float = Field(default=Thresholds().auto_merge, gt=0, le=1)
     identity_review_probability: float = Field(default=Thresholds().review, gt=0, le=1)
+    # Decrypted person records kept in memory for matching (0: decrypt on every use).
+    identity_person_cache_size: int = Field(default=DEFAULT_PERSON_CACHE_SIZE, ge=0)
 
     def keyring(self) -> Keyring:
         if self.identity_encryption_key and self.identity_blind_index_key:
@@ -76,7 +78,14 @@ def build(runtime: Runtime) -> Components:
     assert isinstance(settings, IdentitySettings)
     keys = settings.key_maker()
     thresholds = Thresholds(settings.identity_auto_merge_probability, settings.identity_review_probability)
-    service = IdentityService(runtime.db, runtime.outbox, keys, thresholds=thresholds, limits=settings.identity_limits)
+    service = IdentityService(
+        runtime.db,
+        runtime.outbox,
+        keys,
+        thresholds=thresholds,
+        limits=settings.identity_limits,
+        person_cache_size=settings.identity_person_cache_size,
+    )
     api = IdentityApi(service, keys)
     return Components(
         register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(api, server),

@@ -20,6 +20,7 @@ from tailor.events.v1.envelope_pb2 import Envelope
 from tailor_platform.bus.outbox import Outbox
 from tailor_platform.db import Database
 from tailor_platform.errors import FailedPrecondition, NotFound
+from tailor_platform.lru import LruCache
 
 from tailor_identity import events
 from tailor_identity.domain import matching
@@ -27,7 +28,7 @@ from tailor_identity.domain.keys import PERSON_CONTEXT, KeyMaker
 from tailor_identity.domain.matching import MatchModel, Pattern, Thresholds
 from tailor_identity.domain.model import DEFAULT_LIMITS, Conflict, Key, Person, Record
 from tailor_identity.domain.resolution import Outcome, Planner
-from tailor_identity.store import IdentifierRow, IdentityStore, NewIdentifier, NewPerson, StaleRow
+from tailor_identity.store import IdentifierRow, IdentityStore, NewIdentifier, NewPerson, PersonRow, StaleRow
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ T = TypeVar("T")
 MAX_ATTEMPTS = 12
 U_SAMPLE = 2000
 REFIT_GROWTH = 1.05
+DEFAULT_PERSON_CACHE_SIZE = 100_000
 RETRYABLE_SQLSTATES = {"40001", "40P01", "23505"}  # serialization failure, deadlock, unique violation
 
 
@@ -110,6 +112,7 @@ class IdentityService:
         thresholds: Thresholds | None = None,
         limits: dict[str, int] | None = None,
         store: IdentityStore | None = None,
+        person_cache_size: int = DEFAULT_PERSON_CACHE_SIZE,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -117,6 +120,10 @@ class IdentityService:
         self.thresholds = thresholds or Thresholds()
         self.limits = limits or dict(DEFAULT_LIMITS)
         self.store = store or IdentityStore()
+        # Decrypted person records by row id: matching reads the same block members batch after
+        # batch, and decrypting them was a fifth of its time. Plaintext stays in this process's
+        # memory only (never written anywhere); size 0 turns the cache off.
+        self.persons: LruCache[int, Person] = LruCache(person_cache_size)
         # EM over blocked pairs (m and the number of true matches) and u from random pairs combine
         # into the scoring model.
         self.model = MatchModel()
@@ -345,9 +352,18 @@ class IdentityService:
         decrypted: dict[int, Person] = {}
         for block_key, row in await self.store.persons_in_blocks(session, block_keys + list(old_blocks)):
             if row.id not in decrypted:
-                decrypted[row.id] = self.keys.decrypt_person(row.key_id, row.ciphertext)
+                decrypted[row.id] = self._person(row)
             by_block.setdefault(old_blocks.get(block_key, block_key), []).append((row.customer_id, decrypted[row.id]))
         return by_block
+
+    def _person(self, row: PersonRow) -> Person:
+        """A stored person record in plaintext (person rows never change their attributes, so a
+        cached one is never stale; rows gone are simply never asked for again)."""
+        person = self.persons.get(row.id)
+        if person is None:
+            person = self.keys.decrypt_person(row.key_id, row.ciphertext)
+            self.persons.put(row.id, person)
+        return person
 
     def _compare(
         self,
@@ -585,7 +601,7 @@ class IdentityService:
         for _, row in others:
             if row.customer_id == customer_id:
                 continue
-            other = self.keys.decrypt_person(row.key_id, row.ciphertext)
+            other = self._person(row)
             for person in mine:
                 pattern = matching.compare(person, other)
                 probability = self.model.probability(pattern)

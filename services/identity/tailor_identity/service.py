@@ -93,6 +93,57 @@ def _retryable(error: BaseException) -> bool:
     return False
 
 
+class PatternTally:
+    """How many compared pairs had each agreement pattern (EM's data): the store's totals as last
+    read, plus what this process compared since.
+
+    New counts are saved in the background, in a short transaction of their own. Updating the
+    shared counter rows inside every resolve transaction made concurrent batches queue on their row
+    locks: it was the statement with the most time in PostgreSQL in the profile benchmark. A crash
+    loses the counts not yet saved, which only means EM learns from slightly fewer pairs."""
+
+    def __init__(self, db: Database, store: IdentityStore) -> None:
+        self.db = db
+        self.store = store
+        self._totals: Counter[str] | None = None
+        self._unsaved: Counter[str] = Counter()
+        self._saving: asyncio.Task[None] | None = None
+
+    async def totals(self, session: AsyncSession) -> Counter[str]:
+        if self._totals is None:
+            self._totals = Counter(await self.store.pattern_counts(session))
+        return self._totals
+
+    def add(self, counts: Counter[str]) -> None:
+        if not counts:
+            return
+        if self._totals is not None:
+            self._totals.update(counts)
+        self._unsaved.update(counts)
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.create_task(self._save())
+
+    async def flush(self) -> None:
+        """Wait until everything counted so far is saved."""
+        while self._saving is not None and not self._saving.done():
+            await self._saving
+
+    async def _save(self) -> None:
+        while self._unsaved:
+            counts, self._unsaved = self._unsaved, Counter()
+            try:
+                async with self.db.transaction() as session:
+                    await self.store.add_pattern_counts(session, counts)
+                    stored = Counter(await self.store.pattern_counts(session))
+            except Exception:
+                log.warning("saving match pattern counts failed; retrying", exc_info=True)
+                self._unsaved.update(counts)
+                await asyncio.sleep(1.0)
+                continue
+            # The store's totals include other processes' pairs; add ours not yet saved.
+            self._totals = stored + self._unsaved
+
+
 @dataclass
 class _Match:
     """A person record of the batch waiting for probabilistic matching, and what it was compared to."""
@@ -131,6 +182,7 @@ class IdentityService:
         self._u_random = self.model.u
         self._u_basis = 0
         self._fitted_pairs = 0
+        self.pattern_tally = PatternTally(db, self.store)
         self.retries = 0
 
     # -- resolution ------------------------------------------------------------------------------
@@ -139,7 +191,15 @@ class IdentityService:
         """Resolve records in one transaction: all of them or (on an error) none."""
         if not records:
             return []
-        return await self._with_retries(lambda session: self._resolve(session, records))
+        compared: Counter[str] = Counter()
+
+        async def attempt(session: AsyncSession) -> list[Resolution]:
+            compared.clear()
+            return await self._resolve(session, records, compared)
+
+        results = await self._with_retries(attempt)
+        self.pattern_tally.add(compared)  # pairs of a committed batch only (an attempt may roll back)
+        return results
 
     async def _with_retries(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         for attempt in range(MAX_ATTEMPTS):
@@ -187,12 +247,14 @@ class IdentityService:
         found = await self.store.owners(session, [key.blind_index for key in keys] + list(active_of))
         return {active_of.get(token, token): owner for token, owner in found.items()}
 
-    async def _resolve(self, session: AsyncSession, records: Sequence[Record]) -> list[Resolution]:
+    async def _resolve(
+        self, session: AsyncSession, records: Sequence[Record], compared: Counter[str]
+    ) -> list[Resolution]:
         planner = await self._planner(
             session, [record.keys for record in records], adds_person=[record.person is not None for record in records]
         )
         outcomes = [planner.resolve(record) for record in records]
-        review = await self._match(session, records, outcomes, planner)
+        review = await self._match(session, records, outcomes, planner, compared)
         await self._write(session, planner, source="resolve")
         await self._write_persons(session, records, outcomes, planner)
         await self.store.add_candidates(
@@ -304,10 +366,16 @@ class IdentityService:
     # -- probabilistic matching ------------------------------------------------------------------
 
     async def _match(
-        self, session: AsyncSession, records: Sequence[Record], outcomes: list[Outcome], planner: Planner
+        self,
+        session: AsyncSession,
+        records: Sequence[Record],
+        outcomes: list[Outcome],
+        planner: Planner,
+        compared: Counter[str],
     ) -> list[tuple[str, str, float, float, Pattern]]:
         """Match records that no key resolved against stored person records and earlier records of
-        the batch; join them at or above the auto-merge threshold; return review candidates."""
+        the batch; join them at or above the auto-merge threshold; return review candidates.
+        `compared` receives the agreement patterns of the pairs compared (EM's data)."""
         waiting = [
             _Match(i, record.person)
             for i, record in enumerate(records)
@@ -319,9 +387,9 @@ class IdentityService:
         old_blocks = {old: active for m in waiting for old, active in self.keys.old_block_indexes(m.person).items()}
         stored = await self._stored_persons(session, [key for keys in blocks.values() for key in keys], old_blocks)
         self._compare(records, outcomes, waiting, blocks, stored)
-        counts = Counter(matching.pattern_key(p) for m in waiting for _, p in m.compared)
+        compared.update(matching.pattern_key(p) for m in waiting for _, p in m.compared)
         await self._estimate_u(session, [m.person for m in waiting])
-        await self._refit(session, counts, len(waiting))
+        await self._refit(session, compared, len(waiting))
         await self._prepare_targets(session, waiting, planner)
         return self._decide(outcomes, waiting, planner)
 
@@ -413,8 +481,7 @@ class IdentityService:
         matches over all possible pairs of stored records."""
         if not new_counts:
             return
-        await self.store.add_pattern_counts(session, new_counts)
-        stored = await self.store.pattern_counts(session)
+        stored = await self.pattern_tally.totals(session) + new_counts
         pairs = sum(stored.values())
         # EM is Python over every pattern: re-run it once the compared pairs grew by REFIT_GROWTH,
         # not for every batch (a few more pairs barely move the estimates).

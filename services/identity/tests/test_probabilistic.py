@@ -83,3 +83,20 @@ async def test_review_queue_accept_merges_reject_keeps(database: Database, ident
     rejected, _ = await reviewing.resolve_candidate(others[0].id, False, "different people")
     assert rejected.status == "rejected"
     assert (await reviewing.graph(third.customer_id)).customer.status == "active"
+
+
+async def test_compared_pairs_are_saved_for_every_worker(database: Database, identity: IdentityService) -> None:
+    file_a = febrl4("a")
+    ids = sorted(file_a)[:200]
+    await identity.resolve_batch([febrl_record(identity.keys, file_a[rec]) for rec in ids[:100]])
+    await identity.resolve_batch([febrl_record(identity.keys, file_a[rec]) for rec in ids[100:]])
+    await identity.pattern_tally.flush()
+    async with database.sessions() as session:
+        saved = await identity.store.pattern_counts(session)
+        remembered = await identity.pattern_tally.totals(session)
+    assert sum(saved.values()) > 0
+    assert saved == dict(remembered)
+    # Another process (a second worker) starts from the saved totals.
+    other = IdentityService(database, identity.outbox, identity.keys)
+    async with database.sessions() as session:
+        assert dict(await other.pattern_tally.totals(session)) == saved

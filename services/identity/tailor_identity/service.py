@@ -221,19 +221,29 @@ class IdentityService:
         adds_person: Sequence[bool] = (),
     ) -> Planner:
         """What the database says about the keys of these records. Customers that the batch may
-        change (attach a key to, merge) are locked until commit and their identifier counts loaded;
-        customers only read are not locked (a concurrent merge of one is announced by its event)."""
+        change (attach a key to, merge) are locked until commit and their identifier counts loaded.
+        Customers that only gain a person record are share-locked: batches adding person records to
+        the same customer run side by side, but not beside a merge that moves that customer's
+        records. Customers only read are not locked (a concurrent merge of one is announced by its
+        event)."""
         owners = await self._owners(session, [key for keys in groups for key in keys])
         changing = set(also_lock)
+        gaining_person: set[str] = set()
         owner_of = owners.get
         for index, keys in enumerate(groups):
             found = {owner_of(key.blind_index) for key in keys}
-            if len(found) == 1 and None not in found and not (index < len(adds_person) and adds_person[index]):
-                continue  # the common case: every key already belongs to the same customer, nothing changes
+            if len(found) == 1 and None not in found:
+                # The common case: every key already belongs to the same customer, nothing changes.
+                if index < len(adds_person) and adds_person[index]:
+                    gaining_person.update(customer for customer in found if customer is not None)
+                continue
             changing.update(customer for customer in found if customer is not None)
         involved = sorted(changing)
         statuses = await self.store.lock_customers(session, involved)
-        if any(statuses.get(customer) != "active" for customer in involved if customer not in also_lock):
+        statuses.update(await self.store.lock_customers(session, sorted(gaining_person - changing), shared=True))
+        if any(
+            statuses.get(customer) != "active" for customer in changing | gaining_person if customer not in also_lock
+        ):
             raise Contention("a customer was merged since we looked")
         counts = await self.store.type_counts(session, involved)
         return Planner(owners, counts, new_customer_id, self.limits)

@@ -91,15 +91,20 @@ class IdentityStore:
         )
         return {row[0]: row[1] for row in rows}
 
-    async def lock_customers(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, str]:
-        """Lock the customers (in id order, so concurrent batches cannot deadlock on them); their status."""
+    async def lock_customers(
+        self, session: AsyncSession, customer_ids: Sequence[str], *, shared: bool = False
+    ) -> dict[str, str]:
+        """Lock the customers (in id order, so concurrent batches cannot deadlock on them); their
+        status. `shared` locks keep out writers of the customer row (merges) but not each other."""
         if not customer_ids:
             return {}
-        rows = await session.execute(
-            text("SELECT id, status FROM customer WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE"),
-            {"ids": sorted(set(customer_ids))},
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT id, status FROM customer WHERE id = ANY($1::text[]) ORDER BY id "
+            + ("FOR SHARE" if shared else "FOR UPDATE"),
+            sorted(set(customer_ids)),
         )
-        return {row.id: row.status for row in rows}
+        return {row[0]: row[1] for row in rows}
 
     async def type_counts(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, Counter[str]]:
         counts: dict[str, Counter[str]] = {customer: Counter() for customer in customer_ids}

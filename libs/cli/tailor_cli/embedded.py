@@ -21,6 +21,10 @@ SERVER_SETTINGS = {
     # The default 128MB does not hold the identity lookup index of a million identifiers; this is a
     # development server on a workstation, not a tuned production one.
     "shared_buffers": "512MB",
+    # Ingestion writes hundreds of MB of WAL a minute; checkpoints every 1GB (the default) make each
+    # index page touched after them be written whole into the WAL again. Fewer, spread checkpoints.
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
 }
 """Server settings the embedded PostgreSQL gets (ALTER SYSTEM, applied by one restart when they differ)."""
 

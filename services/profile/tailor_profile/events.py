@@ -2,8 +2,9 @@
 
 Publishes `tailor.profile.updated` (through the outbox) with the traits that changed. Consumes
 `tailor.ingest.events` (batches from channel adapters, handled like IngestEvents) and
-`tailor.identity.merged` (fold absorbed customers into the survivor), both durable and once per
-message. Runs the resolver of events queued while identity was unreachable on every replica.
+`tailor.identity.merged` (fold absorbed customers into the survivor, a fetched batch of merges at
+once), both durable and once per message. Runs the resolver of events queued while identity was
+unreachable on every replica.
 """
 
 from __future__ import annotations

@@ -24,11 +24,13 @@ from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.identity.v1.identity_pb2 import Identifier, ResolveRequest
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor_platform.bus.envelope import new_envelope
+from tailor_platform.bus.merges import Merge
 from tailor_platform.bus.outbox import Outbox
 from tailor_platform.db import Database
 
 from tailor_profile import events
 from tailor_profile.clients import IdentityClient, ServiceUnavailable
+from tailor_profile.domain.merges import plan_merges
 from tailor_profile.domain.model import EventFacts
 from tailor_profile.domain.traits import (
     Traits,
@@ -255,29 +257,40 @@ class ProfileService:
 
     # -- identity merges ------------------------------------------------------------------------
 
-    async def merge(self, session: AsyncSession, survivor_id: str, absorbed_ids: Sequence[str], merge_id: str) -> None:
-        """Fold the absorbed customers into the survivor, exactly as if all their events had been
-        ingested under the survivor (trait states are commutative, so combining them is exact)."""
-        everyone = [survivor_id, *absorbed_ids]
-        await self.store.lock_customers(session, everyone)
-        states = await self.store.load_states(session, everyone)
+    async def merge_many(self, session: AsyncSession, merges: Sequence[Merge]) -> None:
+        """Fold absorbed customers into their survivors, exactly as if all their events had been
+        ingested under the survivor (trait states are commutative, so combining them is exact).
+        A batch of merges is one round of set-based statements, whatever its size."""
+        plan = plan_merges(merges)
+        if plan is None:  # a customer absorbed twice in the batch: one merge at a time
+            for merge in merges:
+                await self.merge_many(session, [merge])
+            return
+        absorbed = list(plan.final)
+        await self.store.lock_customers(session, [*plan.survivors, *absorbed])
+        states = await self.store.load_states(session, [*plan.survivors, *absorbed])
         now = int(datetime.now(UTC).timestamp())
-        survivor = states.get(survivor_id)
-        before = evaluate(survivor, now, self.settings).flat() if survivor is not None else {}
-        merged = survivor or TraitState()
-        for absorbed in absorbed_ids:
-            if absorbed in states:
-                merged = combine(merged, states[absorbed], self.settings)
-        prune(merged, now)
-        await self.store.move_timeline(session, absorbed_ids, survivor_id)
-        await self.store.move_attributes(session, absorbed_ids, survivor_id)
-        await self.store.add_aliases(session, absorbed_ids, survivor_id, merge_id)
-        await self.store.delete_states(session, absorbed_ids)
-        if merged.events or survivor is not None:
-            await self.store.save_states(session, {survivor_id: merged})
-            changed = changed_traits(before, evaluate(merged, now, self.settings).flat())
+        before = {s: evaluate(states[s], now, self.settings).flat() for s in plan.survivors if s in states}
+        for survivor, folded in plan.steps:
+            merged = states.get(survivor) or TraitState()
+            for customer in folded:
+                if customer in states:
+                    merged = combine(merged, states.pop(customer), self.settings)
+            states[survivor] = merged
+        await self.store.move_timelines(session, plan.final)
+        await self.store.move_attributes(session, plan.final)
+        await self.store.add_aliases(session, plan.final, plan.merge_ids, [survivor for survivor, _ in plan.steps])
+        await self.store.delete_states(session, absorbed)
+        kept = {s: states[s] for s in plan.survivors if states[s].events or s in before}
+        for state in kept.values():
+            prune(state, now)
+        await self.store.save_states(session, kept)
+        envelopes = []
+        for survivor, state in kept.items():
+            changed = changed_traits(before.get(survivor, {}), evaluate(state, now, self.settings).flat())
             if changed:
-                await self.outbox.add_many(session, [self._updated(survivor_id, changed, "merge", 0)])
+                envelopes.append(self._updated(survivor, changed, "merge", 0))
+        await self.outbox.add_many(session, envelopes)
 
     # -- attributes and reads -------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ so a batch of 1,000 events costs a handful of statements, never one per event.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -201,36 +201,41 @@ class ProfileStore:
         )
 
     async def delete_states(self, session: AsyncSession, customer_ids: Sequence[str]) -> None:
-        await session.execute(
-            text("DELETE FROM profile_state WHERE customer_id = ANY(:ids)"), {"ids": list(customer_ids)}
-        )
+        driver = await driver_connection(session)
+        await driver.execute("DELETE FROM profile_state WHERE customer_id = ANY($1::text[])", list(customer_ids))
 
-    async def move_timeline(self, session: AsyncSession, absorbed_ids: Sequence[str], survivor_id: str) -> int:
-        result = await session.execute(
-            text("UPDATE event SET customer_id = :survivor WHERE customer_id = ANY(:ids)"),
-            {"survivor": survivor_id, "ids": list(absorbed_ids)},
+    async def move_timelines(self, session: AsyncSession, final: Mapping[str, str]) -> None:
+        """Move each absorbed customer's events to the customer it ended in."""
+        driver = await driver_connection(session)
+        await driver.execute(
+            "UPDATE event e SET customer_id = m.survivor FROM unnest($1::text[], $2::text[]) AS m(absorbed, survivor) "
+            "WHERE e.customer_id = m.absorbed",
+            list(final),
+            list(final.values()),
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def add_aliases(
-        self, session: AsyncSession, absorbed_ids: Sequence[str], survivor_id: str, merge_id: str
+        self, session: AsyncSession, final: Mapping[str, str], merge_ids: Mapping[str, str], survivors: Sequence[str]
     ) -> None:
-        """Record the merge, and point earlier aliases of the absorbed customers at the survivor."""
-        await session.execute(
-            text(
-                "INSERT INTO customer_alias (absorbed_id, survivor_id, merge_id) "
-                "SELECT a, :survivor, :merge FROM unnest(CAST(:ids AS text[])) a "
-                "ON CONFLICT (absorbed_id) DO UPDATE "
-                "SET survivor_id = EXCLUDED.survivor_id, merge_id = EXCLUDED.merge_id"
-            ),
-            {"ids": list(absorbed_ids), "survivor": survivor_id, "merge": merge_id},
+        """Record the merges (absorbed -> where it ended, by which merge), point earlier aliases of
+        the absorbed customers there too, and drop the aliases of customers named survivor (one
+        absorbed before and separated since is its own customer again)."""
+        driver = await driver_connection(session)
+        await driver.execute("DELETE FROM customer_alias WHERE absorbed_id = ANY($1::text[])", list(survivors))
+        absorbed = list(final)
+        await driver.execute(
+            "INSERT INTO customer_alias (absorbed_id, survivor_id, merge_id) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+            "ON CONFLICT (absorbed_id) DO UPDATE SET survivor_id = EXCLUDED.survivor_id, merge_id = EXCLUDED.merge_id",
+            absorbed,
+            [final[customer] for customer in absorbed],
+            [merge_ids[customer] for customer in absorbed],
         )
-        await session.execute(
-            text("UPDATE customer_alias SET survivor_id = :survivor WHERE survivor_id = ANY(:ids)"),
-            {"ids": list(absorbed_ids), "survivor": survivor_id},
-        )
-        await session.execute(
-            text("DELETE FROM customer_alias WHERE absorbed_id = :survivor"), {"survivor": survivor_id}
+        await driver.execute(
+            "UPDATE customer_alias c SET survivor_id = m.survivor "
+            "FROM unnest($1::text[], $2::text[]) AS m(absorbed, survivor) WHERE c.survivor_id = m.absorbed",
+            absorbed,
+            [final[customer] for customer in absorbed],
         )
 
     async def profile_of(self, db: Database, customer_id: str) -> tuple[str, TraitState | None, list[AttributeValue]]:
@@ -277,21 +282,20 @@ class ProfileStore:
         )
         return len(result.all())
 
-    async def move_attributes(self, session: AsyncSession, absorbed_ids: Sequence[str], survivor_id: str) -> None:
-        """Fold absorbed customers' attributes into the survivor: the newest value of each wins."""
-        await session.execute(
-            text(
-                "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at) "
-                "SELECT DISTINCT ON (name) :survivor, name, value, source, updated_at FROM profile_attribute "
-                "WHERE customer_id = ANY(:ids) ORDER BY name, updated_at DESC "
-                "ON CONFLICT (customer_id, name) DO UPDATE SET value = EXCLUDED.value, source = EXCLUDED.source, "
-                "updated_at = EXCLUDED.updated_at WHERE profile_attribute.updated_at < EXCLUDED.updated_at"
-            ),
-            {"ids": list(absorbed_ids), "survivor": survivor_id},
+    async def move_attributes(self, session: AsyncSession, final: Mapping[str, str]) -> None:
+        """Fold absorbed customers' attributes into where they ended: the newest value of each wins."""
+        driver = await driver_connection(session)
+        await driver.execute(
+            "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at) "
+            "SELECT DISTINCT ON (m.survivor, a.name) m.survivor, a.name, a.value, a.source, a.updated_at "
+            "FROM profile_attribute a JOIN unnest($1::text[], $2::text[]) AS m(absorbed, survivor) "
+            "ON a.customer_id = m.absorbed ORDER BY m.survivor, a.name, a.updated_at DESC "
+            "ON CONFLICT (customer_id, name) DO UPDATE SET value = EXCLUDED.value, source = EXCLUDED.source, "
+            "updated_at = EXCLUDED.updated_at WHERE profile_attribute.updated_at < EXCLUDED.updated_at",
+            list(final),
+            list(final.values()),
         )
-        await session.execute(
-            text("DELETE FROM profile_attribute WHERE customer_id = ANY(:ids)"), {"ids": list(absorbed_ids)}
-        )
+        await driver.execute("DELETE FROM profile_attribute WHERE customer_id = ANY($1::text[])", list(final))
 
     # -- timeline -----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import cast
 
 import jellyfish
@@ -39,9 +39,11 @@ class Comparison:
 
 
 def _grade_name(a: str, b: str) -> int:
-    if a == b:
-        return 0
-    similarity = JaroWinkler.similarity(a, b)
+    return 0 if a == b else _name_level(JaroWinkler.similarity(a, b))
+
+
+def _name_level(similarity: float) -> int:
+    """The level of two different names from their Jaro-Winkler similarity."""
     if similarity >= 0.92:
         return 1
     if similarity >= 0.80:
@@ -66,7 +68,9 @@ def _grade_address(a: str, b: str) -> int:
     if a == b:
         return 0
     # Tokens in any order, or the same letters with the spaces misplaced ("28 dinnisonc ircuit").
-    ratio = max(fuzz.token_set_ratio(a, b), fuzz.ratio(a.replace(" ", ""), b.replace(" ", "")))
+    ratio = fuzz.token_set_ratio(a, b)
+    if ratio < 90:
+        ratio = max(ratio, fuzz.ratio(a.replace(" ", ""), b.replace(" ", "")))
     if ratio >= 90:
         return 1
     if ratio >= 70:
@@ -99,13 +103,25 @@ COMPARISONS: tuple[Comparison, ...] = (
 def compare(a: Person, b: Person) -> Pattern:
     """The agreement pattern of two person records. Given name and surname written in each other's
     fields (a frequent data-entry error) are compared the way round that agrees best."""
-    if a.given_name and a.surname and b.given_name and b.surname:
-        straight = JaroWinkler.similarity(a.given_name, b.given_name) + JaroWinkler.similarity(a.surname, b.surname)
-        crossed = JaroWinkler.similarity(a.given_name, b.surname) + JaroWinkler.similarity(a.surname, b.given_name)
-        if crossed > straight:
-            b = replace(b, given_name=b.surname, surname=b.given_name)
     levels = []
-    for comparison in COMPARISONS:
+    others = COMPARISONS
+    if a.given_name and a.surname and b.given_name and b.surname:
+        # The four similarities decide the way round and then grade the names (compare is the
+        # inner loop of matching: each is computed once).
+        given = JaroWinkler.similarity(a.given_name, b.given_name)
+        surname = JaroWinkler.similarity(a.surname, b.surname)
+        given_crossed = JaroWinkler.similarity(a.given_name, b.surname)
+        surname_crossed = JaroWinkler.similarity(a.surname, b.given_name)
+        other_given, other_surname = b.given_name, b.surname
+        if given_crossed + surname_crossed > given + surname:
+            given, surname = given_crossed, surname_crossed
+            other_given, other_surname = other_surname, other_given
+        levels = [
+            0 if a.given_name == other_given else _name_level(given),
+            0 if a.surname == other_surname else _name_level(surname),
+        ]
+        others = COMPARISONS[2:]
+    for comparison in others:
         left, right = comparison.value(a), comparison.value(b)
         levels.append(comparison.grade(left, right) if left and right else MISSING)
     return tuple(levels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -50,27 +51,22 @@ class ProfileApi(profile_pb2_grpc.ProfileServiceServicer):
         if len(request.events) > MAX_BATCH:
             raise InvalidArgument.field("events", f"at most {MAX_BATCH} events per call (got {len(request.events)})")
         outcomes = await self.service.ingest(list(request.events))
-        response = pb.IngestEventsResponse(
-            results=[
-                pb.EventResult(
-                    event_id=o.event_id,
-                    status=STATUS[o.status],
-                    customer_id=o.customer_id,
-                    field=o.field,
-                    reason=o.reason,
-                )
-                for o in outcomes
-            ]
-        )
+        # Only the fields that are set, and the counts once (1,000 results per call at most).
+        response = pb.IngestEventsResponse()
+        add = response.results.add
         for outcome in outcomes:
-            if outcome.status == Status.ACCEPTED:
-                response.accepted += 1
-            elif outcome.status == Status.DUPLICATE:
-                response.duplicates += 1
-            elif outcome.status == Status.REJECTED:
-                response.rejected += 1
-            else:
-                response.queued += 1
+            result = add(event_id=outcome.event_id, status=STATUS[outcome.status])
+            if outcome.customer_id:
+                result.customer_id = outcome.customer_id
+            if outcome.field:
+                result.field = outcome.field
+            if outcome.reason:
+                result.reason = outcome.reason
+        counts = Counter(outcome.status for outcome in outcomes)
+        response.accepted = counts[Status.ACCEPTED]
+        response.duplicates = counts[Status.DUPLICATE]
+        response.rejected = counts[Status.REJECTED]
+        response.queued = counts[Status.QUEUED]
         return response
 
     async def GetProfile(self, request: pb.GetProfileRequest, context: Context) -> pb.Profile:

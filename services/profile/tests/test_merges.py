@@ -73,7 +73,9 @@ async def seed(profile: ProfileService, timelines: dict[str, list[Any]], now: da
 async def snapshot(profile: ProfileService, now: int) -> dict[str, Any]:
     async with profile.db.sessions() as session:
         events = (await session.execute(text("SELECT event_id, customer_id FROM event ORDER BY 1"))).all()
-        aliases = (await session.execute(text("SELECT absorbed_id, survivor_id, merge_id FROM customer_alias ORDER BY 1"))).all()
+        aliases = (
+            await session.execute(text("SELECT absorbed_id, survivor_id, merge_id FROM customer_alias ORDER BY 1"))
+        ).all()
         attributes = (await session.execute(text("SELECT customer_id, name, value FROM profile_attribute"))).all()
         states = await profile.store.load_states(session, list(CUSTOMERS))
     return {

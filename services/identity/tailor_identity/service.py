@@ -264,9 +264,13 @@ class IdentityService:
             session, [record.keys for record in records], adds_person=[record.person is not None for record in records]
         )
         outcomes = [planner.resolve(record) for record in records]
-        review = await self._match(session, records, outcomes, planner, compared)
+        # Block keys of every person record, made once: matching and storing both need them.
+        blocks = {
+            i: self.keys.block_indexes(record.person) for i, record in enumerate(records) if record.person is not None
+        }
+        review = await self._match(session, records, outcomes, planner, blocks, compared)
         await self._write(session, planner, source="resolve")
-        await self._write_persons(session, records, outcomes, planner)
+        await self._write_persons(session, records, outcomes, planner, blocks)
         await self.store.add_candidates(
             session,
             [(planner.find(a), planner.find(b), p, w, matching.describe(pattern)) for a, b, p, w, pattern in review],
@@ -355,10 +359,15 @@ class IdentityService:
         return merge_id, events.merged(survivor, absorbed, evidence, merge_id)
 
     async def _write_persons(
-        self, session: AsyncSession, records: Sequence[Record], outcomes: list[Outcome], planner: Planner
+        self,
+        session: AsyncSession,
+        records: Sequence[Record],
+        outcomes: list[Outcome],
+        planner: Planner,
+        blocks: dict[int, list[bytes]],
     ) -> None:
         persons = []
-        for record, outcome in zip(records, outcomes, strict=True):
+        for index, (record, outcome) in enumerate(zip(records, outcomes, strict=True)):
             if record.person is None:
                 continue
             persons.append(
@@ -367,7 +376,7 @@ class IdentityService:
                     self.keys.fingerprint(record.person),
                     self.keys.keyring.encrypt(self.keys.person_plaintext(record.person), PERSON_CONTEXT),
                     self.keys.keyring.active_id,
-                    self.keys.block_indexes(record.person),
+                    blocks[index],
                     self.keys.keyring.blind_index_key_id,
                 )
             )
@@ -381,6 +390,7 @@ class IdentityService:
         records: Sequence[Record],
         outcomes: list[Outcome],
         planner: Planner,
+        blocks: dict[int, list[bytes]],
         compared: Counter[str],
     ) -> list[tuple[str, str, float, float, Pattern]]:
         """Match records that no key resolved against stored person records and earlier records of
@@ -393,9 +403,9 @@ class IdentityService:
         ]
         if not waiting:
             return []
-        blocks = {m.index: self.keys.block_indexes(m.person) for m in waiting}
         old_blocks = {old: active for m in waiting for old, active in self.keys.old_block_indexes(m.person).items()}
-        stored = await self._stored_persons(session, [key for keys in blocks.values() for key in keys], old_blocks)
+        searched = [key for m in waiting for key in blocks[m.index]]
+        stored = await self._stored_persons(session, searched, old_blocks)
         self._compare(records, outcomes, waiting, blocks, stored)
         compared.update(matching.pattern_key(p) for m in waiting for _, p in m.compared)
         await self._estimate_u(session, [m.person for m in waiting])
@@ -457,7 +467,7 @@ class IdentityService:
         for index, record in enumerate(records):
             if record.person is None:
                 continue
-            keys = blocks.get(index) or self.keys.block_indexes(record.person)
+            keys = blocks[index]
             match = waiting_at.get(index)
             if match is not None:
                 seen: set[int] = set()

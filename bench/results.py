@@ -68,8 +68,9 @@ def load(path: Path = RESULTS_JSON) -> Results:
 def merge(
     results: Results, name: str, figures: Mapping[str, float], load_before: float, when: datetime | None = None
 ) -> Results:
-    """The results with this run's figures, date, machine and load (other keys kept)."""
-    merged = dict(results)
+    """The results with this run's figures, date, machine and load. Other benchmarks' keys are
+    kept; this benchmark's earlier keys are replaced, so a figure it no longer measures goes."""
+    merged = {key: value for key, value in results.items() if not key.startswith(f"{name}.")}
     merged.update(figures)
     merged[f"{name}.measured_at"] = (when or datetime.now(UTC)).isoformat(timespec="seconds")
     merged[f"{name}.machine"] = machine()

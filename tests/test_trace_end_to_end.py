@@ -132,6 +132,37 @@ def test_identity_merge_is_one_trace_from_identity_to_consent(platform: Platform
         assert any(s.service == consumer.service and s.parent_span_id == consumer.span_id for s in spans)
 
 
+def test_statements_sent_straight_to_the_driver_are_traced(platform: Platform, receiver: OtlpReceiver) -> None:
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    with grpc.insecure_channel(platform.address("identity")) as channel:
+        identity_pb2_grpc.IdentityServiceStub(channel).ResolveBatch(
+            identity_pb2.ResolveBatchRequest(
+                records=[
+                    identity_pb2.ResolveRequest(
+                        identifiers=[
+                            identity_pb2.Identifier(type="email", value=f"{uuid.uuid4().hex[:10]}@example.com")
+                        ]
+                    )
+                ]
+            ),
+            metadata=(("traceparent", f"00-{trace_id}-{caller_span}-01"),),
+        )
+
+    def lookup(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [
+            s
+            for s in spans
+            if s.kind == Span.SPAN_KIND_CLIENT
+            and "FROM identifier WHERE blind_index" in s.attributes.get("db.statement", "")
+        ]
+
+    spans = wait_for_spans(receiver, trace_id, lambda spans: bool(lookup(spans)))
+    server = one(spans, Span.SPAN_KIND_SERVER, "ResolveBatch")
+    [statement] = lookup(spans)  # the owners lookup goes straight to asyncpg, not through SQLAlchemy
+    assert statement.parent_span_id == server.span_id
+    assert statement.attributes["db.operation"] == "SELECT"
+
+
 def test_health_checks_are_not_traced(platform: Platform, receiver: OtlpReceiver) -> None:
     time.sleep(0.5)
     assert not [span for span in receiver.spans if "grpc.health" in span.name]

@@ -77,7 +77,7 @@ class Database:
         small pool of its own, without ORM session, transaction or pre-ping round trips. A
         connection the database dropped is retried once on a fresh one."""
         pool = await self._reader()
-        with telemetry.database_span("read", query):
+        with telemetry.database_span(_operation(query), query):
             for attempt in range(2):
                 try:
                     return await pool.fetchrow(query, *args)
@@ -108,9 +108,38 @@ class Database:
         await self.engine.dispose()
 
 
-async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+class Driver:
+    """Statements sent straight to the asyncpg connection under a session, each traced like the
+    ones SQLAlchemy sends (a CLIENT span, when spans are recorded)."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def execute(self, query: str, *args: object) -> str:
+        with telemetry.database_span(_operation(query), query):
+            status: str = await self.connection.execute(query, *args)
+            return status
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        with telemetry.database_span(_operation(query), query):
+            rows: list[asyncpg.Record] = await self.connection.fetch(query, *args)
+            return rows
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        with telemetry.database_span(_operation(query), query):
+            return await self.connection.fetchval(query, *args)
+
+
+def _operation(query: str) -> str:
+    return query.lstrip().split(None, 1)[0].upper() if query.strip() else "statement"
+
+
+async def driver_connection(session: AsyncSession) -> Driver:
     """The asyncpg connection under the session, inside the session's transaction: for set-based
-    statements (unnest of arrays, COPY) that SQLAlchemy would send row by row.
+    statements (unnest of arrays) that SQLAlchemy would send row by row, and for hot paths that
+    cannot afford its per-statement overhead.
 
     SQLAlchemy's asyncpg adapter opens the database transaction lazily, with its first statement;
     a statement sent straight to the driver before that would run (and commit) on its own, so the
@@ -125,7 +154,7 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
             await start()
         else:
             await session.execute(text("SELECT 1"))
-    return driver
+    return Driver(driver)
 
 
 async def _json_codecs(connection: asyncpg.Connection) -> None:

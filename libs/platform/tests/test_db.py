@@ -20,7 +20,7 @@ async def test_a_database_restart_costs_no_caller_an_error(tmp_path: Path) -> No
         async with database.transaction() as session:
             assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
             driver = await driver_connection(session)
-            assert driver.is_in_transaction()
+            assert driver.connection.is_in_transaction()
         row = await database.read_row("SELECT 2 AS n")
         assert row is not None and row["n"] == 2
 

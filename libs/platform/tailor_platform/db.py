@@ -132,6 +132,17 @@ class Driver:
             return await self.connection.fetchval(query, *args)
 
 
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error, whether it came through SQLAlchemy (wrapped) or straight
+    from the driver (`Driver` statements): e.g. 40P01 for a deadlock, to decide on a retry."""
+    if isinstance(error, exc.DBAPIError):
+        original = error.orig
+        code = getattr(original, "sqlstate", None) or getattr(getattr(original, "__cause__", None), "sqlstate", None)
+        return str(code) if code else None
+    code = getattr(error, "sqlstate", None) if isinstance(error, asyncpg.PostgresError) else None
+    return str(code) if code else None
+
+
 def _operation(query: str) -> str:
     return query.lstrip().split(None, 1)[0].upper() if query.strip() else "statement"
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from tailor_cli.embedded import EmbeddedPostgres
-from tailor_platform.db import Database, driver_connection
+from tailor_platform.db import Database, driver_connection, sqlstate
 
 
 async def test_a_database_restart_costs_no_caller_an_error(tmp_path: Path) -> None:
@@ -35,3 +37,10 @@ async def test_a_database_restart_costs_no_caller_an_error(tmp_path: Path) -> No
     finally:
         await database.dispose()
         postgres.stop()
+
+
+def test_sqlstate_of_errors_from_sqlalchemy_and_from_the_driver() -> None:
+    deadlock = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    assert sqlstate(deadlock) == "40P01"  # a Driver statement raises the driver's error as it is
+    assert sqlstate(DBAPIError("SELECT 1", None, deadlock)) == "40P01"  # SQLAlchemy wraps it
+    assert sqlstate(ValueError("not a database error")) is None

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor_platform.bus.outbox import Outbox
-from tailor_platform.db import Database
+from tailor_platform.db import Database, sqlstate
 from tailor_platform.errors import FailedPrecondition, NotFound
 from tailor_platform.lru import LruCache
 
@@ -84,13 +83,7 @@ def new_customer_id() -> str:
 
 
 def _retryable(error: BaseException) -> bool:
-    if isinstance(error, Contention):
-        return True
-    if isinstance(error, DBAPIError):
-        cause = getattr(error.orig, "__cause__", None)
-        code = getattr(error.orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
-        return code in RETRYABLE_SQLSTATES
-    return False
+    return isinstance(error, Contention) or sqlstate(error) in RETRYABLE_SQLSTATES
 
 
 class PatternTally:
@@ -221,29 +214,20 @@ class IdentityService:
         adds_person: Sequence[bool] = (),
     ) -> Planner:
         """What the database says about the keys of these records. Customers that the batch may
-        change (attach a key to, merge) are locked until commit and their identifier counts loaded.
-        Customers that only gain a person record are share-locked: batches adding person records to
-        the same customer run side by side, but not beside a merge that moves that customer's
-        records. Customers only read are not locked (a concurrent merge of one is announced by its
-        event)."""
+        change (attach a key or a person record to, merge) are locked until commit, in one
+        statement in id order, and their identifier counts loaded; customers only read are not
+        locked (a concurrent merge of one is announced by its event)."""
         owners = await self._owners(session, [key for keys in groups for key in keys])
         changing = set(also_lock)
-        gaining_person: set[str] = set()
         owner_of = owners.get
         for index, keys in enumerate(groups):
             found = {owner_of(key.blind_index) for key in keys}
-            if len(found) == 1 and None not in found:
-                # The common case: every key already belongs to the same customer, nothing changes.
-                if index < len(adds_person) and adds_person[index]:
-                    gaining_person.update(customer for customer in found if customer is not None)
-                continue
+            if len(found) == 1 and None not in found and not (index < len(adds_person) and adds_person[index]):
+                continue  # the common case: every key already belongs to the same customer, nothing changes
             changing.update(customer for customer in found if customer is not None)
         involved = sorted(changing)
         statuses = await self.store.lock_customers(session, involved)
-        statuses.update(await self.store.lock_customers(session, sorted(gaining_person - changing), shared=True))
-        if any(
-            statuses.get(customer) != "active" for customer in changing | gaining_person if customer not in also_lock
-        ):
+        if any(statuses.get(customer) != "active" for customer in involved if customer not in also_lock):
             raise Contention("a customer was merged since we looked")
         counts = await self.store.type_counts(session, involved)
         return Planner(owners, counts, new_customer_id, self.limits)

@@ -91,17 +91,13 @@ class IdentityStore:
         )
         return {row[0]: row[1] for row in rows}
 
-    async def lock_customers(
-        self, session: AsyncSession, customer_ids: Sequence[str], *, shared: bool = False
-    ) -> dict[str, str]:
-        """Lock the customers (in id order, so concurrent batches cannot deadlock on them); their
-        status. `shared` locks keep out writers of the customer row (merges) but not each other."""
+    async def lock_customers(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, str]:
+        """Lock the customers (in id order, so concurrent batches cannot deadlock on them); their status."""
         if not customer_ids:
             return {}
         driver = await driver_connection(session)
         rows = await driver.fetch(
-            "SELECT id, status FROM customer WHERE id = ANY($1::text[]) ORDER BY id "
-            + ("FOR SHARE" if shared else "FOR UPDATE"),
+            "SELECT id, status FROM customer WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
             sorted(set(customer_ids)),
         )
         return {row[0]: row[1] for row in rows}

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.identity.v1.identity_pb2 import Identifier, ResolveRequest
@@ -26,7 +25,7 @@ from tailor.profile.v1 import profile_pb2 as pb
 from tailor_platform.bus.envelope import new_envelope
 from tailor_platform.bus.merges import Merge
 from tailor_platform.bus.outbox import Outbox
-from tailor_platform.db import Database
+from tailor_platform.db import Database, sqlstate
 
 from tailor_profile import events
 from tailor_profile.clients import IdentityClient, ServiceUnavailable
@@ -49,6 +48,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEADLOCK_RETRIES = 3
+DEADLOCK = "40P01"
 
 
 class Status(StrEnum):
@@ -149,8 +149,8 @@ class ProfileService:
             try:
                 async with self.db.transaction() as own:
                     return await work(own)
-            except DBAPIError as error:
-                if "deadlock" not in str(error).lower() or attempt == DEADLOCK_RETRIES - 1:
+            except Exception as error:
+                if sqlstate(error) != DEADLOCK or attempt == DEADLOCK_RETRIES - 1:
                     raise
                 log.info("deadlock between batches; retrying")
         raise AssertionError("unreachable")

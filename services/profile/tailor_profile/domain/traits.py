@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from tailor_profile.domain.model import DAY_S, ONLINE_ORDER, PURCHASE_TYPES, STORE_PURCHASE, EventFacts
 
@@ -298,17 +298,16 @@ def replay(events: Iterable[EventFacts], settings: TraitSettings, now: int) -> T
 # -- evaluating traits -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CartLine:
+class CartLine(NamedTuple):
     sku: str
     category: str
     quantity: int
     unit_price: int
 
 
-@dataclass(frozen=True)
-class Traits:
-    """Trait values at one moment. Times are epoch seconds."""
+class Traits(NamedTuple):
+    """Trait values at one moment. Times are epoch seconds. (A named tuple, immutable like a frozen
+    dataclass but several times cheaper to make: ingestion makes two per customer per batch.)"""
 
     first_seen: int | None
     last_seen: int | None
@@ -407,14 +406,18 @@ def _iso(moment: int | None) -> str:
 
 
 def _window_sums(state: TraitState, today: int) -> dict[int, list[int]]:
-    """Days -> [orders, revenue, refunds, page views] summed over each window ending today."""
+    """Days -> [orders, revenue, refunds, page views] summed over each window ending today.
+    (Written out slot by slot: ingestion evaluates every customer of a batch twice.)"""
     sums = {days: [0, 0, 0, 0] for days in (7, *WINDOWS)}
-    for day, bucket in state.days.items():
+    windows = list(sums.items())
+    for day, (orders, revenue, refunds, page_views) in state.days.items():
         age = today - day
-        for days, total in sums.items():
+        for days, total in windows:
             if age < days:
-                for slot in range(4):
-                    total[slot] += bucket[slot]
+                total[ORDERS] += orders
+                total[REVENUE] += revenue
+                total[REFUNDS] += refunds
+                total[PAGE_VIEWS] += page_views
     return sums
 
 

@@ -5,13 +5,13 @@ work, and Alembic migrations run programmatically (by `tailor migrate` and the e
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, exc, text
@@ -169,9 +169,14 @@ async def driver_connection(session: AsyncSession) -> Driver:
 
 
 async def _json_codecs(connection: asyncpg.Connection) -> None:
-    """json and jsonb values as Python objects, as they come through SQLAlchemy."""
+    """json and jsonb values as Python objects, as they come through SQLAlchemy (read with orjson:
+    several times faster than the standard library, and hot reads return whole JSON documents)."""
     for type_name in ("json", "jsonb"):
-        await connection.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await connection.set_type_codec(type_name, encoder=_json_text, decoder=orjson.loads, schema="pg_catalog")
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

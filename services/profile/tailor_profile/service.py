@@ -181,7 +181,7 @@ class ProfileService:
                 survivors.get(item.customer_id, item.customer_id),
                 item.candidate.event.type,
                 item.candidate.event.channel,
-                _datetime(item.candidate.facts.at),
+                item.candidate.facts.at,
                 item.candidate.event.SerializeToString(),
             )
             for item in resolved
@@ -319,10 +319,6 @@ class ProfileService:
         async with self.db.sessions() as session:
             customer_id = (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id)
             return customer_id, await self.store.timeline(session, customer_id, **filters)
-
-
-def _datetime(epoch_s: int) -> datetime:
-    return datetime.fromtimestamp(epoch_s, UTC)
 
 
 def _rejected(rejection: Rejection) -> EventOutcome:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import orjson
 from sqlalchemy import (
@@ -86,13 +87,15 @@ pending_event = Table(
 )
 
 
-@dataclass(frozen=True)
-class EventRow:
+class EventRow(NamedTuple):
+    """An event to store (a named tuple: ingestion makes one per event)."""
+
     event_id: str
     customer_id: str
     type: str
     channel: str
-    occurred_at: datetime
+    occurred_at_s: int
+    """Epoch seconds; the database makes the timestamp (cheaper than a datetime per event)."""
     payload: bytes
 
 
@@ -156,13 +159,14 @@ class ProfileStore:
         driver = await driver_connection(session)
         inserted = await driver.fetch(
             "INSERT INTO event (event_id, customer_id, type, channel, occurred_at, payload) "
-            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[]) "
+            "SELECT e, c, t, ch, to_timestamp(o), p FROM "
+            "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[]) AS x(e, c, t, ch, o, p) "
             "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
             [r.event_id for r in rows],
             [r.customer_id for r in rows],
             [r.type for r in rows],
             [r.channel for r in rows],
-            [r.occurred_at for r in rows],
+            [r.occurred_at_s for r in rows],
             [r.payload for r in rows],
         )
         return {row[0] for row in inserted}

@@ -36,6 +36,9 @@ MAX_ATTEMPTS = 12
 U_SAMPLE = 2000
 REFIT_GROWTH = 1.05
 DEFAULT_PERSON_CACHE_SIZE = 100_000
+EXACT_PERSON_COUNT = 10_000
+"""Person records are counted exactly up to this many, then estimated (see store.estimate_persons)."""
+PATTERN_SAVE_INTERVAL_S = 1.0
 RETRYABLE_SQLSTATES = {"40001", "40P01", "23505"}  # serialization failure, deadlock, unique violation
 
 
@@ -90,7 +93,8 @@ class PatternTally:
     """How many compared pairs had each agreement pattern (EM's data): the store's totals as last
     read, plus what this process compared since.
 
-    New counts are saved in the background, in a short transaction of their own. Updating the
+    New counts are saved in the background, about once a second, in a short transaction of their
+    own. Updating the
     shared counter rows inside every resolve transaction made concurrent batches queue on their row
     locks: it was the statement with the most time in PostgreSQL in the profile benchmark. A crash
     loses the counts not yet saved, which only means EM learns from slightly fewer pairs."""
@@ -123,6 +127,8 @@ class PatternTally:
 
     async def _save(self) -> None:
         while self._unsaved:
+            # Coalesce the counts of the batches of the next moment into one short transaction.
+            await asyncio.sleep(PATTERN_SAVE_INTERVAL_S)
             counts, self._unsaved = self._unsaved, Counter()
             try:
                 async with self.db.transaction() as session:
@@ -175,6 +181,7 @@ class IdentityService:
         self._u_random = self.model.u
         self._u_basis = 0
         self._fitted_pairs = 0
+        self._many_persons = False
         self.pattern_tally = PatternTally(db, self.store)
         self.retries = 0
 
@@ -493,7 +500,10 @@ class IdentityService:
             data = {matching.parse_pattern(key): count for key, count in stored.items()}
             self._em = await asyncio.to_thread(matching.fit_em, data, self._em, 60)
             self._fitted_pairs = pairs
-        records = await self.store.estimate_persons(session) + batch_persons
+        # Person records are never fewer than once counted (only an erasure would remove some).
+        persons = await self.store.estimate_persons(session, 0 if self._many_persons else EXACT_PERSON_COUNT)
+        self._many_persons = self._many_persons or persons >= EXACT_PERSON_COUNT
+        records = persons + batch_persons
         self.model = MatchModel(
             m=self._em.m,
             u=self._u_random,

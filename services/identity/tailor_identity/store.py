@@ -379,8 +379,9 @@ class IdentityStore:
 
     async def estimate_persons(self, session: AsyncSession, exact_below: int = 10_000) -> int:
         """How many person records are stored: counted exactly while there are few, then the
-        planner's estimate (kept by autovacuum), so that no batch scans the whole table."""
-        exact = await self.count_persons(session, exact_below)
+        planner's estimate (kept by autovacuum), so that no batch scans the whole table. With
+        `exact_below` 0, only the estimate (the caller knows there are many)."""
+        exact = await self.count_persons(session, exact_below) if exact_below else 0
         if exact < exact_below:
             return exact
         estimate = await session.scalar(text("SELECT reltuples::bigint FROM pg_class WHERE oid = 'person'::regclass"))

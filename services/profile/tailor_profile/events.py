@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.struct_pb2 import NULL_VALUE, Struct, Value
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.events.v1.ingest_pb2 import IngestBatch
@@ -36,10 +36,12 @@ PENDING_WAKE_SUBJECT = "tailor.profile.pending.wake"
 MAX_BUS_BATCH = 1000
 
 
-def profile_updated(customer_id: str, changed: dict[str, Any], cause: str, events: int) -> ProfileUpdated:
+def profile_updated(
+    customer_id: str, changed: dict[str, Any], cause: str, events: int, updated_at: Timestamp
+) -> ProfileUpdated:
     message = ProfileUpdated(customer_id=customer_id, changed_traits=sorted(changed), cause=cause, events=events)
     fill_struct(message.values, changed)
-    message.updated_at.FromDatetime(datetime.now(UTC))
+    message.updated_at.CopyFrom(updated_at)
     return message
 
 

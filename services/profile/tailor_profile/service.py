@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.identity.v1.identity_pb2 import Identifier, ResolveRequest
@@ -208,6 +209,7 @@ class ProfileService:
             return
         states = await self.store.load_states(session, list(fresh))
         envelopes = []
+        at = _now_stamp()
         for customer_id, facts in fresh.items():
             state = states.get(customer_id)
             before = evaluate(state, now, self.settings).flat() if state is not None else {}
@@ -217,16 +219,18 @@ class ProfileService:
             prune(state, now)
             changed = changed_traits(before, evaluate(state, now, self.settings).flat())
             if changed:
-                envelopes.append(self._updated(customer_id, changed, "events", len(facts)))
+                envelopes.append(self._updated(customer_id, changed, "events", len(facts), at))
         await self.store.save_states(session, states)
         await self.outbox.add_many(session, envelopes)
 
-    def _updated(self, customer_id: str, changed: dict[str, Any], cause: str, count: int) -> Envelope:
+    def _updated(self, customer_id: str, changed: dict[str, Any], cause: str, count: int, at: Timestamp) -> Envelope:
+        """profile.updated; `at` is one Timestamp for every envelope of a batch."""
         return new_envelope(
             events.PROFILE_UPDATED,
             self.outbox.source,
-            events.profile_updated(customer_id, changed, cause, count),
+            events.profile_updated(customer_id, changed, cause, count, at),
             customer_id=customer_id,
+            time=at,
         )
 
     async def resolve_pending(self, limit: int = 500) -> int:
@@ -286,10 +290,11 @@ class ProfileService:
             prune(state, now)
         await self.store.save_states(session, kept)
         envelopes = []
+        at = _now_stamp()
         for survivor, state in kept.items():
             changed = changed_traits(before.get(survivor, {}), evaluate(state, now, self.settings).flat())
             if changed:
-                envelopes.append(self._updated(survivor, changed, "merge", 0))
+                envelopes.append(self._updated(survivor, changed, "merge", 0, at))
         await self.outbox.add_many(session, envelopes)
 
     # -- attributes and reads -------------------------------------------------------------------
@@ -303,7 +308,7 @@ class ProfileService:
             if changed:
                 current = {a.name: a.value for a in await self.store.attributes(session, customer_id)}
                 update = {f"attribute.{v.name}": current.get(v.name, "") for v in values}
-                await self.outbox.add_many(session, [self._updated(customer_id, update, "attributes", 0)])
+                await self.outbox.add_many(session, [self._updated(customer_id, update, "attributes", 0, _now_stamp())])
         return customer_id
 
     async def profile(self, customer_id: str) -> ProfileView:
@@ -319,6 +324,12 @@ class ProfileService:
         async with self.db.sessions() as session:
             customer_id = (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id)
             return customer_id, await self.store.timeline(session, customer_id, **filters)
+
+
+def _now_stamp() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
 
 
 def _rejected(rejection: Rejection) -> EventOutcome:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from tailor.events.v1.envelope_pb2 import Envelope
 
 MessageT = TypeVar("MessageT", bound=Message)
@@ -22,11 +23,15 @@ def new_envelope(
     data: Message,
     *,
     customer_id: str = "",
-    time: datetime | None = None,
+    time: datetime | Timestamp | None = None,
     envelope_id: str | None = None,
 ) -> Envelope:
+    """`time` defaults to now; a Timestamp is copied as it is (for many envelopes of one moment)."""
     envelope = Envelope(id=envelope_id or str(uuid.uuid4()), type=event_type, source=source, customer_id=customer_id)
-    envelope.time.FromDatetime(time or datetime.now(UTC))
+    if isinstance(time, Timestamp):
+        envelope.time.CopyFrom(time)
+    else:
+        envelope.time.FromDatetime(time or datetime.now(UTC))
     envelope.data.Pack(data)
     return envelope
 

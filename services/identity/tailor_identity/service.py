@@ -180,6 +180,7 @@ class IdentityService:
         self._em = MatchModel()
         self._u_random = self.model.u
         self._u_basis = 0
+        self._u_loaded = False
         self._fitted_pairs = 0
         self._many_persons = False
         self.pattern_tally = PatternTally(db, self.store)
@@ -472,9 +473,17 @@ class IdentityService:
 
     async def _estimate_u(self, session: AsyncSession, batch: list[Person]) -> None:
         """u from random pairs of stored (and this batch's) person records; re-estimated while the
-        store is small and has at least doubled since, then kept (a sample of U_SAMPLE is plenty)."""
+        store is small and has at least doubled since, then kept (a sample of U_SAMPLE is plenty).
+        The estimate is stored: other workers and later restarts start from it."""
         if self._u_basis >= U_SAMPLE:
             return
+        if not self._u_loaded:
+            kept = await self.store.stored_u(session)
+            self._u_loaded = True
+            if kept is not None and kept[1] > self._u_basis:
+                self._u_random, self._u_basis = kept
+                if self._u_basis >= U_SAMPLE:
+                    return
         stored = await self.store.count_persons(session, U_SAMPLE)
         if stored + len(batch) < 2 * self._u_basis:
             return
@@ -482,6 +491,7 @@ class IdentityService:
         sample = [self.keys.decrypt_person(row.key_id, row.ciphertext) for row in rows] + batch[: U_SAMPLE - len(rows)]
         self._u_random = await asyncio.to_thread(matching.estimate_u, sample)
         self._u_basis = len(sample)
+        await self.store.store_u(session, self._u_random, self._u_basis)
 
     async def _refit(self, session: AsyncSession, new_counts: Counter[str], batch_persons: int) -> None:
         """Re-estimate the model from every pair compared so far (this batch included).

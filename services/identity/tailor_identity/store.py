@@ -410,6 +410,22 @@ class IdentityStore:
             {"p": patterns, "n": [counts[p] for p in patterns]},
         )
 
+    async def stored_u(self, session: AsyncSession) -> tuple[list[list[float]], int] | None:
+        """The u-probabilities last estimated, with the number of records behind them."""
+        row = (await session.execute(text("SELECT u, basis FROM match_u WHERE id = 1"))).first()
+        return (row.u, row.basis) if row is not None else None
+
+    async def store_u(self, session: AsyncSession, u: list[list[float]], basis: int) -> None:
+        """Keep an estimate unless one from a larger sample is already kept."""
+        await session.execute(
+            text(
+                "INSERT INTO match_u (id, u, basis) VALUES (1, CAST(:u AS jsonb), :basis) "
+                "ON CONFLICT (id) DO UPDATE SET u = EXCLUDED.u, basis = EXCLUDED.basis, updated_at = now() "
+                "WHERE match_u.basis < EXCLUDED.basis"
+            ),
+            {"u": _json(u), "basis": basis},
+        )
+
     # -- reads -----------------------------------------------------------------------------------
 
     async def customer(self, session: AsyncSession, customer_id: str) -> Row[Any] | None:

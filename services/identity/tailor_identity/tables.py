@@ -145,3 +145,14 @@ match_pattern = Table(
     Column("pattern", String(64), primary_key=True),
     Column("pair_count", BigInteger, nullable=False),
 )
+
+match_u = Table(
+    "match_u",
+    Base.metadata,
+    # u-probabilities estimated from random pairs of person records, and how many records the
+    # sample held: shared by every worker and kept across restarts (one row).
+    Column("id", Integer, primary_key=True),
+    Column("u", JSONB, nullable=False),
+    Column("basis", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -100,3 +100,19 @@ async def test_compared_pairs_are_saved_for_every_worker(database: Database, ide
     other = IdentityService(database, identity.outbox, identity.keys)
     async with database.sessions() as session:
         assert dict(await other.pattern_tally.totals(session)) == saved
+
+
+async def test_u_estimated_by_one_worker_is_where_the_next_starts(
+    database: Database, identity: IdentityService
+) -> None:
+    file_a, file_b = febrl4("a"), febrl4("b")
+    ids = sorted(file_a)[:300]
+    await identity.resolve_batch([febrl_record(identity.keys, file_a[rec]) for rec in ids])
+    async with database.sessions() as session:
+        kept = await identity.store.stored_u(session)
+    assert kept is not None and kept[0] == identity.model.u and kept[1] >= 300
+    # A second worker (or the service after a restart) scores with the stored u, not a new estimate.
+    other = IdentityService(database, identity.outbox, identity.keys)
+    duplicate = ids[0].replace("-org", "-dup-0")
+    await other.resolve_batch([febrl_record(other.keys, file_b[duplicate])])
+    assert other.model.u == kept[0]

@@ -135,12 +135,14 @@ class Driver:
 def sqlstate(error: BaseException) -> str | None:
     """The SQLSTATE of a database error, whether it came through SQLAlchemy (wrapped) or straight
     from the driver (`Driver` statements): e.g. 40P01 for a deadlock, to decide on a retry."""
-    if isinstance(error, exc.DBAPIError):
-        original = error.orig
-        code = getattr(original, "sqlstate", None) or getattr(getattr(original, "__cause__", None), "sqlstate", None)
-        return str(code) if code else None
-    code = getattr(error, "sqlstate", None) if isinstance(error, asyncpg.PostgresError) else None
-    return str(code) if code else None
+    # SQLAlchemy wraps the adapter's error, which wraps the driver's (its __cause__).
+    original = error.orig if isinstance(error, exc.DBAPIError) else error
+    candidates = [original, getattr(original, "__cause__", None)]
+    for candidate in candidates:
+        code = getattr(candidate, "sqlstate", None)
+        if code:
+            return str(code)
+    return None
 
 
 def _operation(query: str) -> str:

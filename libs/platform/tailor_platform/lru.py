@@ -31,14 +31,20 @@ class LruCache(Generic[K, V]):
         self.hits += 1
         return value
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V) -> K | None:
+        """Keep the value; returns the key evicted to make room, if one was."""
         if not self.capacity:
-            return
+            return None
         self._entries[key] = value
         self._entries.move_to_end(key)
         if len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+            evicted, _ = self._entries.popitem(last=False)
+            return evicted
+        return None
 
     def discard(self, keys: list[K]) -> None:
         for key in keys:
             self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -8,8 +8,9 @@ tells.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
+
+from tailor_platform.lru import LruCache
 
 from tailor_consent.domain.model import ConsentRecord, Key
 
@@ -19,20 +20,20 @@ Records = Mapping[Key, ConsentRecord]
 class ConsentCache:
     def __init__(self, max_customers: int) -> None:
         self.max_customers = max_customers
-        self._entries: OrderedDict[str, Records] = OrderedDict()
+        self._entries: LruCache[str, Records] = LruCache(max_customers)
         self._generations: dict[str, int] = {}
         self._epoch = 0
-        self.hits = 0
-        self.misses = 0
+
+    @property
+    def hits(self) -> int:
+        return self._entries.hits
+
+    @property
+    def misses(self) -> int:
+        return self._entries.misses
 
     def get(self, customer_id: str) -> Records | None:
-        records = self._entries.get(customer_id)
-        if records is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(customer_id)
-        self.hits += 1
-        return records
+        return self._entries.get(customer_id)
 
     def ticket(self, customer_id: str) -> tuple[int, int]:
         """Taken before loading from the database; `put` accepts the load only if still current."""
@@ -41,15 +42,13 @@ class ConsentCache:
     def put(self, customer_id: str, records: Records, ticket: tuple[int, int]) -> bool:
         if ticket != self.ticket(customer_id):
             return False
-        self._entries[customer_id] = records
-        self._entries.move_to_end(customer_id)
-        while len(self._entries) > self.max_customers:
-            evicted, _ = self._entries.popitem(last=False)
+        evicted = self._entries.put(customer_id, records)
+        if evicted is not None:
             self._generations.pop(evicted, None)
         return True
 
     def invalidate(self, customer_id: str) -> None:
-        self._entries.pop(customer_id, None)
+        self._entries.discard([customer_id])
         self._generations[customer_id] = self._generations.get(customer_id, 0) + 1
         if len(self._generations) > 4 * self.max_customers:
             # Bound the counters too; a new epoch voids every load in flight.

@@ -71,6 +71,8 @@ class StaleRow:
     ciphertext: bytes
     key_id: int
     index_key_id: int
+    token: bytes
+    """Its lookup token as stored: the blind index of an identifier, the fingerprint of a person."""
 
 
 def _column(rows: Sequence[Any], name: str) -> list[Any]:
@@ -452,15 +454,18 @@ class IdentityStore:
     ) -> list[StaleRow]:
         """Rows encrypted or indexed under a key other than the active ones, locked for re-keying."""
         assert table in ("identifier", "person")
-        context = "id_type" if table == "identifier" else "customer_id"
+        context, token = ("id_type", "blind_index") if table == "identifier" else ("customer_id", "fingerprint")
         rows = await session.execute(
             text(
-                f"SELECT id, {context} AS context, ciphertext, key_id, index_key_id FROM {table} "
+                f"SELECT id, {context} AS context, ciphertext, key_id, index_key_id, {token} AS token FROM {table} "
                 "WHERE key_id <> :k OR index_key_id <> :i ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
             ),
             {"k": key_id, "i": index_key_id, "n": limit},
         )
-        return [StaleRow(row.id, row.context, bytes(row.ciphertext), row.key_id, row.index_key_id) for row in rows]
+        return [
+            StaleRow(row.id, row.context, bytes(row.ciphertext), row.key_id, row.index_key_id, bytes(row.token))
+            for row in rows
+        ]
 
     async def rewrite_identifiers(
         self,
@@ -473,10 +478,6 @@ class IdentityStore:
     ) -> None:
         """New ciphertexts and tokens; conflicts recorded against an old token follow it."""
         ids = [row.id for row in rows]
-        old = await session.execute(
-            text("SELECT id, blind_index FROM identifier WHERE id = ANY(CAST(:ids AS bigint[]))"), {"ids": ids}
-        )
-        old_index = {row.id: bytes(row.blind_index) for row in old}
         await session.execute(
             text(
                 "UPDATE identifier t SET ciphertext = x.ct, blind_index = x.bi, key_id = :k, index_key_id = :i "
@@ -485,7 +486,7 @@ class IdentityStore:
             ),
             {"k": key_id, "i": index_key_id, "ids": ids, "cts": list(ciphertexts), "bis": list(blind_indexes)},
         )
-        moved = [(old_index[i], new) for i, new in zip(ids, blind_indexes, strict=True) if old_index[i] != new]
+        moved = [(row.token, new) for row, new in zip(rows, blind_indexes, strict=True) if row.token != new]
         if moved:
             await session.execute(
                 text(

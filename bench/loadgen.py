@@ -1,5 +1,6 @@
 """The load generator: one or more separate processes, each a grpc.aio client keeping N unary calls
-in flight on one channel, recording every call's latency.
+in flight on one channel (or on several, spread over a multi-worker server's processes), recording
+every call's latency.
 
 Requests are serialized up front and sent as raw bytes (responses are not parsed), so the client
 spends as little CPU per call as grpc.aio allows, and every server under test gets exactly the
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from tailor_platform.channels import ChannelPool
 
 from bench.framework import REPO_ROOT
 
@@ -127,24 +129,32 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     requests = read_requests(Path(args.requests))
     gc.freeze()  # the request list and imports never need collecting; fewer client-side pauses
     tally = Tally()
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=30)
-        call: Call = channel.unary_unary(args.method)
+    pool = ChannelPool(args.target, args.connections, interceptors=[])
+    try:
+        # Several connections are spread over the server's workers (the kernel would put them on
+        # one worker half of the time); the calls in flight take them in turn.
+        await pool.spread()
+        channels = [pool.channel() for _ in range(args.connections)]
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        calls: list[Call] = [channel.unary_unary(args.method) for channel in channels]
         await asyncio.sleep(max(0.0, args.start_at - time.time()))
         if args.once:
             pending = iter(requests)
-            await asyncio.gather(*(once_worker(call, pending, tally) for _ in range(args.concurrency)))
+            await asyncio.gather(*(once_worker(calls[i % len(calls)], pending, tally) for i in range(args.concurrency)))
             begin_ns, end_ns = tally.first_start_ns, tally.last_end_ns
         else:
             window = Window.after(args.warmup, args.duration)
             first = args.offset % len(requests)
             await asyncio.gather(
                 *(
-                    timed_worker(call, requests, first + i, args.concurrency, window, tally)
+                    timed_worker(calls[i % len(calls)], requests, first + i, args.concurrency, window, tally)
                     for i in range(args.concurrency)
                 )
             )
             begin_ns, end_ns = window.start_ns, window.stop_ns
+    finally:
+        await pool.close()
     return {
         "latencies_ns": tally.latencies_ns,
         "errors": tally.errors,
@@ -166,6 +176,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--requests", required=True, help="file of length-prefixed serialized requests")
     parser.add_argument("--out", required=True, help="where to write the JSON tally")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=1, help="spread over the server's workers")
     parser.add_argument("--start-at", type=float, default=0.0, help="wall-clock time to start at")
     parser.add_argument("--once", action="store_true", help="send every request once instead of timing")
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -203,6 +214,8 @@ class LoadSpec:
     duration_s: float = 10.0
     server_pid: int | None = None
     """Measure this process's CPU time during the timed window (not in `once` mode)."""
+    connections: int = 1
+    """Connections per process, spread over the server's worker processes (at most its calls in flight)."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +303,7 @@ def _spawn(
         "--concurrency", str(concurrency), "--start-at", repr(start_at),
         "--warmup", str(spec.warmup_s), "--duration", str(spec.duration_s),
         "--offset", str(index * len(share) // processes),
+        "--connections", str(max(1, min(spec.connections, concurrency))),
     ]  # fmt: skip
     if spec.once:
         command.append("--once")

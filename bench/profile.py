@@ -40,8 +40,8 @@ INGEST_METHOD = "/tailor.profile.v1.ProfileService/IngestEvents"
 GET_METHOD = "/tailor.profile.v1.ProfileService/GetProfile"
 SEED = 20261125
 WORKERS = {"TAILOR_IDENTITY_WORKERS": "2", "TAILOR_PROFILE_WORKERS": "2"}
-"""Two worker processes per service (2 cores); the clients keep 2 connections (the load generator
-one per process, profile to identity by default), so calls spread over the workers."""
+"""Two worker processes per service (2 cores). Every client keeps a connection per worker, spread
+over them (ChannelPool.spread: each load generator process, and profile's identity client)."""
 BATCH = 500
 GROUP = 400
 """People whose events are interleaved in time order before being cut into batches."""
@@ -164,7 +164,9 @@ def peak_rss_mb(pid: int) -> float:
 
 def ingest(platform: Platform, requests: list[bytes], events: int, sizes: Sizes, report: Reporter) -> dict[str, float]:
     url = platform.service_database_url("profile")
-    spec = LoadSpec(platform.address("profile"), INGEST_METHOD, requests, sizes.ingest_concurrency, 2, once=True)
+    spec = LoadSpec(
+        platform.address("profile"), INGEST_METHOD, requests, sizes.ingest_concurrency, 2, once=True, connections=2
+    )
     with report.step(f"ingesting {events:,} events in {len(requests):,} batches of {BATCH}"):
         started = time.monotonic()
         result = run_load(spec, SCRATCH_DIR / "profile" / "load")
@@ -186,7 +188,7 @@ def noop_rate(requests: list[bytes], sizes: Sizes, report: Reporter) -> float:
     events = sum(len(pb.IngestEventsRequest.FromString(r).events) for r in sample)
     step = report.step(f"no-op IngestEvents, {len(sample)} batches")
     with step, running_noop_server(SCRATCH_DIR / "profile" / "noop.log", "profile") as noop:
-        spec = LoadSpec(noop.address, INGEST_METHOD, sample, sizes.ingest_concurrency, 2, once=True)
+        spec = LoadSpec(noop.address, INGEST_METHOD, sample, sizes.ingest_concurrency, 2, once=True, connections=2)
         result = run_load(spec, SCRATCH_DIR / "profile" / "load-noop")
     rate = events / result.seconds
     report.note(f"no-op: {rate:,.0f} events/s")
@@ -212,6 +214,7 @@ def get_profiles(platform: Platform, sizes: Sizes, report: Reporter) -> dict[str
         warmup_s=sizes.warmup_s,
         duration_s=sizes.duration_s,
         server_pid=running.process.pid,
+        connections=2,
     )
     with report.step(f"GetProfile, concurrency 8, {sizes.duration_s:g} s"):
         result = run_load(spec, SCRATCH_DIR / "profile" / "load-get")
@@ -285,6 +288,8 @@ BENCHMARK = Benchmark(
         "GetProfile: random stored profiles by customer id, 2 s warm-up then 10 s, concurrency 8, once profile's "
         "consumers have caught up with the ingestion's identity.merged events and after VACUUM ANALYZE.",
         "Everything (PostgreSQL, NATS, identity, profile, the clients) shares the machine's cores. Identity "
-        "and profile each run 2 worker processes (TAILOR_<SERVICE>_WORKERS=2) sharing their port.",
+        "and profile each run 2 worker processes (TAILOR_<SERVICE>_WORKERS=2) sharing their port; each client "
+        "process (and profile's identity client) spreads its connections over the workers, one per worker "
+        "(ChannelPool.spread).",
     ],
 )

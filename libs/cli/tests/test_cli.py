@@ -6,16 +6,18 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 
 import asyncpg
 import nats
 import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
 from tailor_cli.embedded import free_port
 from tailor_cli.launcher import Platform, ensure_databases
 from tailor_cli.testing import Infra
-from tailor_platform.channels import ChannelPool
+from tailor_platform.channels import WORKER_HEADER, ChannelPool
 from tailor_platform.config import database_url_for
 from tailor_platform.db import driver_url
 
@@ -75,6 +77,21 @@ def test_unknown_service_is_a_clear_error() -> None:
     assert "unknown service(s): billing" in result.stderr + result.stdout
 
 
+async def workers_reached(address: str, size: int) -> Counter[str]:
+    """How many of a spread pool's connections reach each worker (by the health check's header)."""
+    pool = ChannelPool(address, size, interceptors=[])
+    try:
+        await pool.spread()
+        reached: Counter[str] = Counter()
+        for _ in range(size):
+            call = health_pb2_grpc.HealthStub(pool.channel()).Check(health_pb2.HealthCheckRequest())
+            reached[dict(await call.initial_metadata())[WORKER_HEADER]] += 1
+            await call
+        return reached
+    finally:
+        await pool.close()
+
+
 def test_workers_share_the_port_and_stop_together(start_platform: Callable[..., Platform]) -> None:
     """TAILOR_<SERVICE>_WORKERS=2: two worker processes answer on the one port (connections are
     spread over them), and SIGTERM to the service stops both cleanly."""
@@ -96,6 +113,10 @@ def test_workers_share_the_port_and_stop_together(start_platform: Callable[..., 
             await pool.close()
 
     asyncio.run(check_over_many_connections())
+    # Left to the kernel, a pool's two connections reach the same worker half of the time; spread,
+    # every pool of 2 has one connection per worker and a pool of 4 two (5 pools: 1/32 by chance).
+    for size in (2, 2, 2, 4, 4):
+        assert asyncio.run(workers_reached(platform.address("consent"), size)) == {"0/2": size // 2, "1/2": size // 2}
     assert all(worker.is_running() for worker in workers)
     assert platform.stop_service("consent") == 0
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)

@@ -47,7 +47,7 @@ from tailor_platform.bus.outbox import Outbox
 from tailor_platform.bus.streams import ensure_streams
 from tailor_platform.config import ServiceSettings
 from tailor_platform.db import Database
-from tailor_platform.interceptors import CallGuard
+from tailor_platform.interceptors import WORKER_ENV, CallGuard
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,10 @@ def run_service(spec: ServiceSpec) -> None:
     _serve_here(spec)
 
 
-def _serve_here(spec: ServiceSpec) -> None:
+def _serve_here(spec: ServiceSpec, worker: str = "") -> None:
+    """Serve in this process; `worker` ("index/count") when it is one of several."""
+    if worker:
+        os.environ[WORKER_ENV] = worker
     tune_garbage_collector()
     uvloop.run(serve(spec))  # asyncpg, NATS and grpc.aio all spend less CPU per call on libuv
 
@@ -271,7 +274,10 @@ def supervise_workers(spec: ServiceSpec, workers: int) -> int:
     them, and return once all have exited: 0 if all stopped cleanly. A worker that dies on its own
     stops the others too, so that the orchestrator restarts the whole set."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_serve_here, args=(spec,), name=f"{spec.name}-{i}") for i in range(workers)]
+    processes = [
+        context.Process(target=_serve_here, args=(spec, f"{i}/{workers}"), name=f"{spec.name}-{i}")
+        for i in range(workers)
+    ]
     for process in processes:
         process.start()
     stopping = threading.Event()

@@ -33,7 +33,8 @@ class _Client:
         self.address = address
         self._pool = ChannelPool(address, connections)
 
-    def channel(self) -> grpc.aio.Channel:
+    async def channel(self) -> grpc.aio.Channel:
+        await self._pool.spread()
         return self._pool.channel()
 
     async def close(self) -> None:
@@ -49,12 +50,12 @@ class IdentityClient(_Client):
         super().__init__(address, connections)
         self.timeout_s = timeout_s
 
-    def stub(self) -> identity_pb2_grpc.IdentityServiceAsyncStub:
-        return identity_pb2_grpc.IdentityServiceStub(self.channel())
+    async def stub(self) -> identity_pb2_grpc.IdentityServiceAsyncStub:
+        return identity_pb2_grpc.IdentityServiceStub(await self.channel())
 
     async def resolve_batch(self, records: list[identity_pb2.ResolveRequest]) -> identity_pb2.ResolveBatchResponse:
         try:
-            response: identity_pb2.ResolveBatchResponse = await self.stub().ResolveBatch(
+            response: identity_pb2.ResolveBatchResponse = await (await self.stub()).ResolveBatch(
                 identity_pb2.ResolveBatchRequest(records=records), timeout=self.timeout_s
             )
         except grpc.aio.AioRpcError as error:
@@ -75,7 +76,7 @@ class IdentityClient(_Client):
 
     async def graph(self, request: identity_pb2.GetGraphRequest, timeout_s: float) -> identity_pb2.GetGraphResponse:
         try:
-            response: identity_pb2.GetGraphResponse = await self.stub().GetGraph(request, timeout=timeout_s)
+            response: identity_pb2.GetGraphResponse = await (await self.stub()).GetGraph(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as error:
             if error.code() in UNREACHABLE:
                 raise _unavailable(error, "identity") from error
@@ -85,7 +86,7 @@ class IdentityClient(_Client):
 
 class ConsentClient(_Client):
     async def consents(self, customer_id: str, timeout_s: float) -> list[consent_pb2.Consent]:
-        stub = consent_pb2_grpc.ConsentServiceStub(self.channel())
+        stub = consent_pb2_grpc.ConsentServiceStub(await self.channel())
         try:
             response = await stub.GetConsents(
                 consent_pb2.GetConsentsRequest(customer_id=customer_id), timeout=timeout_s

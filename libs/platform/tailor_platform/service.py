@@ -132,12 +132,16 @@ class ServiceProcess:
         await server.start()
         log.info("%s listening on %s", self.spec.name, address)
         await self._connect()
-        self._tasks.append(asyncio.create_task(self.outbox.run(self._jetstream()), name="outbox-relay"))
+        self._tasks.append(asyncio.create_task(self.outbox.run(self._nats()), name="outbox-relay"))
         for consumer in self.consumers:
             self._tasks.append(asyncio.create_task(consumer.run(self._jetstream()), name=consumer.durable))
         for work in self.components.background:
             self._tasks.append(asyncio.create_task(work(), name=getattr(work, "__name__", "background")))
         self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
+
+    def _nats(self) -> NATS:
+        assert self.nc is not None, "NATS is not connected yet"
+        return self.nc
 
     def _jetstream(self) -> JetStreamContext:
         assert self.js is not None, "NATS is not connected yet"
@@ -212,7 +216,7 @@ class ServiceProcess:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.js is not None and self.nc is not None and self.nc.is_connected:
             try:
-                await asyncio.wait_for(self.outbox.flush(self.js), timeout=SHUTDOWN_STEP_S)
+                await asyncio.wait_for(self.outbox.flush(self.nc), timeout=SHUTDOWN_STEP_S)
             except Exception:
                 log.warning("could not flush the outbox on shutdown; the next start publishes the rest")
         if self.nc is not None and not self.nc.is_closed:

@@ -22,7 +22,9 @@ from tailor_cli.testing import Infra
 from tailor_platform.bus.consumer import Consumer, ConsumerPolicy, Subscription, dead_letter_subject
 from tailor_platform.bus.envelope import new_envelope, unpack
 from tailor_platform.bus.outbox import Outbox
+from tailor_platform.bus.publisher import PublishFailed
 from tailor_platform.bus.streams import ensure_streams
+from tailor_platform.bus.tables import outbox as outbox_table
 from tailor_platform.bus.tables import platform_metadata
 from tailor_platform.config import database_url_for
 from tailor_platform.db import Database
@@ -93,7 +95,7 @@ async def test_event_of_rolled_back_transaction_is_never_published(db: Database,
     async with db.transaction() as session:
         await outbox.add(session, event_type, changed("committed"), customer_id="committed")
 
-    assert await outbox.flush(nc.jetstream()) == 1
+    assert await outbox.flush(nc) == 1
     received = await read_all(nc.jetstream(), subject, expected=1)
     assert [envelope.customer_id for envelope in received] == ["committed"]
 
@@ -105,13 +107,33 @@ async def test_relay_publishes_in_commit_order_with_msg_id(db: Database, nc: NAT
     for number in range(20):
         async with db.transaction() as session:
             written.append(await outbox.add(session, event_type, changed(f"c{number}"), customer_id=f"c{number}"))
-    assert await outbox.flush(nc.jetstream()) == 20
+    assert await outbox.flush(nc) == 20
     # Re-publishing the same envelopes (a crash between publish and delete) is absorbed by the stream.
     async with db.transaction() as session:
         await outbox.add_many(session, written[:5])
-    await outbox.flush(nc.jetstream())
+    await outbox.flush(nc)
     received = await read_all(nc.jetstream(), subject, expected=20)
     assert [e.id for e in received] == [e.id for e in written]
+
+
+async def test_a_batch_the_stream_does_not_take_stays_in_the_outbox(db: Database, nc: NATS) -> None:
+    """No stream captures the subject (the server answers 503 instead of an ack): the whole batch
+    fails, nothing is deleted, and it goes out once the subject is captured."""
+    outbox = Outbox(db, "bus-test")
+    kept_type, kept_subject = unique_subject()
+    async with db.transaction() as session:
+        await outbox.add(session, kept_type, changed("kept"), customer_id="kept")
+        await outbox.add(session, "nowhere.test", changed("lost?"), customer_id="lost?")
+    with pytest.raises(PublishFailed, match="1 of 2 messages refused"):
+        await outbox.flush(nc)
+    async with db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(outbox_table)) == 2
+
+    await nc.jetstream().add_stream(name=f"NOWHERE_{uuid.uuid4().hex[:6]}", subjects=["tailor.nowhere.>"])
+    assert await outbox.flush(nc) == 2
+    # The message acknowledged in the failed round was sent again: the stream dropped the repeat.
+    received = await read_all(nc.jetstream(), kept_subject, expected=1)
+    assert [envelope.customer_id for envelope in received] == ["kept"]
 
 
 async def record_effect(session: AsyncSession, envelope: Envelope) -> None:
@@ -224,7 +246,7 @@ async def test_published_messages_survive_a_nats_restart(db: Database, tmp_path:
         async with db.transaction() as session:
             for number in range(10):
                 await outbox.add(session, event_type, changed(f"d{number}"), customer_id=f"d{number}")
-        assert await outbox.flush(connection.jetstream()) == 10
+        assert await outbox.flush(connection) == 10
         await connection.close()
 
         server.restart()

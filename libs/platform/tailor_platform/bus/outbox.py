@@ -4,7 +4,8 @@
 only if the change committed. A relay task publishes committed rows to JetStream in order, with
 `Nats-Msg-Id` set to the envelope id (the stream drops a re-publish after a crash between publish
 and delete), then deletes them. A commit wakes the relay at once; a poll catches anything else
-(other replicas, a restart).
+(other replicas, a restart). A batch of rows is published at once and deleted only once the stream
+acknowledged every message (bus/publisher.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import contextlib
 import json
 import logging
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 from google.protobuf.message import Message
-from nats.js import JetStreamContext
-from opentelemetry.trace import SpanKind
+from nats.aio.client import Client as NATS
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -27,6 +27,7 @@ from tailor.events.v1.envelope_pb2 import Envelope
 
 from tailor_platform import telemetry
 from tailor_platform.bus.envelope import new_envelope, subject_for
+from tailor_platform.bus.publisher import AckedPublisher, Outgoing
 from tailor_platform.db import Database, driver_connection
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._stopping = False
         self.published = 0
+        self._publisher: AckedPublisher | None = None
         event.listen(db.sync_session_class, "after_commit", self._after_commit)
 
     async def add(
@@ -88,23 +90,25 @@ class Outbox:
         if session.info.pop(_PENDING_KEY, False):
             self._wake.set()
 
-    async def run(self, js: JetStreamContext) -> None:
+    async def run(self, nc: NATS) -> None:
         """Relay until stopped; publishing failures are retried on the next round."""
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
             self._wake.clear()
             try:
-                await self.flush(js)
+                await self.flush(nc)
             except Exception:
                 log.exception("outbox relay failed; retrying")
                 await asyncio.sleep(self.poll_interval_s)
 
-    async def flush(self, js: JetStreamContext) -> int:
+    async def flush(self, nc: NATS) -> int:
         """Publish everything committed so far; returns how many were published."""
+        if self._publisher is None or self._publisher.nc is not nc:
+            self._publisher = AckedPublisher(nc)
         total = 0
         while True:
-            count = await self._relay_batch(js)
+            count = await self._relay_batch(self._publisher)
             total += count
             if count < self.batch_size:
                 return total
@@ -113,7 +117,7 @@ class Outbox:
         self._stopping = True
         self._wake.set()
 
-    async def _relay_batch(self, js: JetStreamContext) -> int:
+    async def _relay_batch(self, publisher: AckedPublisher) -> int:
         async with self.db.transaction() as session:
             driver = await driver_connection(session)
             rows = await driver.fetch(
@@ -123,29 +127,42 @@ class Outbox:
             )
             if not rows:
                 return 0
-            acks = [await self._publish(js, row) for row in rows]
-            await asyncio.wait_for(asyncio.gather(*acks), timeout=self.publish_timeout_s)
+            spans = [self._span(row) for row in rows] if telemetry.recording() else [None] * len(rows)
+            try:
+                await publisher.publish(
+                    [_outgoing(row, span) for row, span in zip(rows, spans, strict=True)], self.publish_timeout_s
+                )
+            except Exception as error:
+                for span in filter(None, spans):
+                    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                raise
+            finally:
+                for span in filter(None, spans):
+                    span.end()
             await driver.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
         self.published += len(rows)
         return len(rows)
 
-    async def _publish(self, js: JetStreamContext, row: asyncpg.Record) -> asyncio.Future[Any]:
-        subject, envelope_id = row["subject"], row["envelope_id"]
-        headers = {"Nats-Msg-Id": envelope_id}
-        if not telemetry.recording():
-            future: asyncio.Future[Any] = await js.publish_async(subject, row["payload"], headers=headers)
-            return future
-        with telemetry.tracer().start_as_current_span(
+    @staticmethod
+    def _span(row: asyncpg.Record) -> Span:
+        """A producer span per message, child of the span that wrote it, from publish to ack."""
+        subject = row["subject"]
+        return telemetry.tracer().start_span(
             f"{subject} publish",
             context=telemetry.extract_context(json.loads(row["trace_headers"])),
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "nats",
                 "messaging.destination.name": subject,
-                "messaging.message.id": envelope_id,
+                "messaging.message.id": row["envelope_id"],
                 "messaging.operation.type": "publish",
             },
-        ):
+        )
+
+
+def _outgoing(row: asyncpg.Record, span: Span | None) -> Outgoing:
+    headers = {"Nats-Msg-Id": row["envelope_id"]}
+    if span is not None:
+        with telemetry.use_span(span):
             telemetry.inject_headers(headers)
-            future = await js.publish_async(subject, row["payload"], headers=headers)
-            return future
+    return Outgoing(row["subject"], row["payload"], headers)

@@ -8,7 +8,9 @@ same client and the same requests.
 
 Two modes:
 - timed: all processes start together, warm up, then count calls started in a common window;
-- once: every request exactly once (e.g. a pass over all customers), timed from first to last.
+- once: every request exactly once (e.g. a pass over all customers), timed from first to last;
+  with lanes, each call in flight sends one lane's requests in order, each after the previous one
+  was answered (as a channel adapter sends its own stream), instead of taking the next of all.
 
 Parent side: `run_load(LoadSpec(...), workdir)`. Child side: `python -m bench.loadgen ...`.
 """
@@ -140,8 +142,11 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         calls: list[Call] = [channel.unary_unary(args.method) for channel in channels]
         await asyncio.sleep(max(0.0, args.start_at - time.time()))
         if args.once:
-            pending = iter(requests)
-            await asyncio.gather(*(once_worker(calls[i % len(calls)], pending, tally) for i in range(args.concurrency)))
+            shared = iter(requests)
+            pending = _split(requests, args.lane_sizes) if args.lane_sizes else [shared] * args.concurrency
+            await asyncio.gather(
+                *(once_worker(calls[i % len(calls)], pending[i], tally) for i in range(args.concurrency))
+            )
             begin_ns, end_ns = tally.first_start_ns, tally.last_end_ns
         else:
             window = Window.after(args.warmup, args.duration)
@@ -165,6 +170,16 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _split(requests: list[bytes], sizes: str) -> list[Iterator[bytes]]:
+    """The lanes of a requests file written lane after lane, with their sizes ("3,3,2")."""
+    lanes = []
+    start = 0
+    for size in map(int, sizes.split(",")):
+        lanes.append(iter(requests[start : start + size]))
+        start += size
+    return lanes
+
+
 def wall_clock(perf_counter_ns: int) -> float:
     return time.time() - (time.perf_counter_ns() - perf_counter_ns) / 1e9
 
@@ -182,6 +197,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--offset", type=int, default=0, help="first request index (timed mode)")
+    parser.add_argument("--lane-sizes", default="", help="once mode: the file holds one lane per call in flight")
     return parser.parse_args(argv)
 
 
@@ -216,6 +232,8 @@ class LoadSpec:
     """Measure this process's CPU time during the timed window (not in `once` mode)."""
     connections: int = 1
     """Connections per process, spread over the server's worker processes (at most its calls in flight)."""
+    lanes: Sequence[Sequence[bytes]] = ()
+    """Once mode instead of `requests`: one ordered lane per call in flight (as many as `concurrency`)."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +261,8 @@ class LoadResult:
 def run_load(spec: LoadSpec, workdir: Path) -> LoadResult:
     """Run the load in `spec.processes` processes (at most one per in-flight call) and combine."""
     processes = max(1, min(spec.processes, spec.concurrency))
+    if spec.lanes and (len(spec.lanes) != spec.concurrency or not spec.once):
+        raise ValueError("lanes are for once mode, one per call in flight")
     workdir.mkdir(parents=True, exist_ok=True)
     start_at = time.time() + START_DELAY_S
     sampler = None
@@ -293,9 +313,15 @@ def _spawn(
     requests_file = workdir / f"requests-{index}.bin"
     out = workdir / f"tally-{index}.json"
     out.unlink(missing_ok=True)
-    share = spec.requests[index::processes] if spec.once else spec.requests
-    write_requests(requests_file, share)
     concurrency = spec.concurrency // processes + (1 if index < spec.concurrency % processes else 0)
+    lanes = spec.lanes[index::processes]
+    if lanes:
+        share = [request for lane in lanes for request in lane]
+    elif spec.once:
+        share = list(spec.requests[index::processes])
+    else:
+        share = list(spec.requests)
+    write_requests(requests_file, share)
     command = [
         sys.executable, "-m", "bench.loadgen",
         "--target", spec.target, "--method", spec.method,
@@ -307,6 +333,8 @@ def _spawn(
     ]  # fmt: skip
     if spec.once:
         command.append("--once")
+    if lanes:
+        command += ["--lane-sizes", ",".join(str(len(lane)) for lane in lanes)]
     return subprocess.Popen(command, cwd=REPO_ROOT), out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.events.v1.identity_pb2 import IdentityMerged, IdentityResolved, IdentityUnmerged
 from tailor_platform.bus.envelope import new_envelope
@@ -20,9 +21,13 @@ MERGED = "identity.merged"
 UNMERGED = "identity.unmerged"
 
 
-def resolved(customer_id: str, at: datetime | None = None) -> Envelope:
+def resolved(customer_id: str, at: Timestamp | None = None) -> Envelope:
+    """`at`: one Timestamp for all the customers a batch created (copied, not converted, per event)."""
+    if at is None:
+        at = Timestamp()
+        at.GetCurrentTime()
     message = IdentityResolved(customer_id=customer_id)
-    message.created_at.FromDatetime(at or datetime.now(UTC))
+    message.created_at.CopyFrom(at)
     return new_envelope(RESOLVED, SOURCE, message, customer_id=customer_id, time=at)
 
 

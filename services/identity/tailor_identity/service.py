@@ -11,9 +11,9 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor_platform.bus.outbox import Outbox
@@ -309,7 +309,8 @@ class IdentityService:
         ]
         if await self.store.insert_identifiers(session, new_keys) < len(new_keys):
             raise Contention("a key was taken by a concurrent transaction")
-        now = datetime.now(UTC)
+        now = Timestamp()
+        now.GetCurrentTime()
         envelopes: list[Envelope] = [events.resolved(customer, now) for customer in created]
         for merge in planner.merges:
             _, envelope = await self._merge_one(

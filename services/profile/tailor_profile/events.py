@@ -1,6 +1,8 @@
 """What profile publishes and consumes.
 
-Publishes `tailor.profile.updated` (through the outbox) with the traits that changed. Consumes
+Publishes `tailor.profile.updated` (through the outbox) with the traits that changed: on new events,
+merges and attribute updates, and when time alone changed them (a sweep on every replica finds the
+profiles whose rolling windows moved on; cause "time"). Consumes
 `tailor.ingest.events` (batches from channel adapters, handled like IngestEvents) and
 `tailor.identity.merged` (fold absorbed customers into the survivor, a fetched batch of merges at
 once), both durable and once per message. Runs the resolver of events queued while identity was
@@ -34,6 +36,8 @@ PROFILE_UPDATED = "profile.updated"
 INGEST_SUBJECT = "tailor.ingest.events"
 PENDING_WAKE_SUBJECT = "tailor.profile.pending.wake"
 MAX_BUS_BATCH = 1000
+TIME_CHANGE_ROUND = 500
+"""Profiles announced per transaction of the time sweep."""
 
 
 def profile_updated(
@@ -117,3 +121,19 @@ def pending_resolver(
         return None
 
     return Listener(PENDING_WAKE_SUBJECT, on_message, on_gap), resolve_pending
+
+
+def time_change_announcer(service: ProfileService, interval_s: float) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A background task that announces, every `interval_s`, the traits time alone changed (see
+    ProfileService.announce_time_changes), in rounds of a bounded size until none are due."""
+
+    async def announce_time_changes() -> None:
+        while True:
+            try:
+                while await service.announce_time_changes(limit=TIME_CHANGE_ROUND) == TIME_CHANGE_ROUND:
+                    pass
+            except Exception:
+                log.exception("announcing time-driven trait changes failed; retrying")
+            await asyncio.sleep(interval_s)
+
+    return announce_time_changes

@@ -14,7 +14,7 @@ from tailor_platform.service import Components, Runtime, ServiceSpec
 from tailor_profile.api import ProfileApi
 from tailor_profile.clients import ConsentClient, IdentityClient
 from tailor_profile.domain.traits import TraitSettings
-from tailor_profile.events import ingest_subscription, pending_resolver
+from tailor_profile.events import ingest_subscription, pending_resolver, time_change_announcer
 from tailor_profile.intake import Intake
 from tailor_profile.service import ProfileService
 
@@ -36,6 +36,9 @@ class ProfileSettings(ServiceSettings):
     )
     profile_section_timeout_s: float = Field(default=1.0, gt=0, description="Deadline of each Customer 360 section.")
     profile_pending_retry_s: float = Field(default=2.0, gt=0)
+    profile_time_sweep_s: float = Field(
+        default=60.0, gt=0, description="How often to announce traits that time alone changed (rolling windows)."
+    )
     profile_base_currency: str = "EUR"
     profile_currency_rates: dict[str, float] = Field(default=dict(DEFAULT_RATES))
     profile_tiers: list[tuple[str, int]] = Field(
@@ -66,7 +69,7 @@ def build(runtime: Runtime) -> Components:
         service_names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name],
         subscriptions=[ingest_subscription(service), identity_merges_subscription(service.merge_many)],
         listeners=[wake_resolver],
-        background=[resolve_pending],
+        background=[resolve_pending, time_change_announcer(service, settings.profile_time_sweep_s)],
     )
 
 

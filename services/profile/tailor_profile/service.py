@@ -43,7 +43,7 @@ from tailor_profile.domain.traits import (
     prune,
 )
 from tailor_profile.intake import Candidate, Intake, Rejection, resolve_key, resolve_request
-from tailor_profile.store import AttributeValue, EventRow, ProfileStore, StoredEvent
+from tailor_profile.store import AttributeValue, EventRow, ProfileStore, SavedState, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -204,24 +204,53 @@ class ProfileService:
         ]
 
     async def _fold(self, session: AsyncSession, fresh: dict[str, list[EventFacts]], now: int) -> None:
-        """Fold new events into their customers' states and announce the traits that changed."""
+        """Fold new events into their customers' states and announce the traits that changed since
+        they were last announced (time may have changed some too)."""
         if not fresh:
             return
-        states = await self.store.load_states(session, list(fresh))
+        saved = await self.store.load_states(session, list(fresh))
+        states = {}
         envelopes = []
         at = _now_stamp()
         for customer_id, facts in fresh.items():
-            state = states.get(customer_id)
-            before = evaluate(state, now, self.settings).flat() if state is not None else {}
-            state = states[customer_id] = state or TraitState()
+            previous = saved.get(customer_id)
+            before = self._announced(previous)
+            state = states[customer_id] = previous.state if previous is not None else TraitState()
             for fact in facts:
                 apply(state, fact, self.settings)
             prune(state, now)
             changed = changed_traits(before, evaluate(state, now, self.settings).flat())
             if changed:
                 envelopes.append(self._updated(customer_id, changed, "events", len(facts), at))
-        await self.store.save_states(session, states)
+        await self.store.save_states(session, states, now)
         await self.outbox.add_many(session, envelopes)
+
+    def _announced(self, saved: SavedState | None) -> dict[str, Any]:
+        """The traits as profile.updated last announced them (none for a new customer)."""
+        return evaluate(saved.state, saved.announced_at, self.settings).flat() if saved is not None else {}
+
+    async def announce_time_changes(self, now: int | None = None, limit: int = 500) -> int:
+        """Announce the traits that time alone changed (a rolling window moved on, a day passed
+        since the last purchase) for customers whose next such change is due, up to `limit` of
+        them; returns how many were due (fewer than `limit`: none are left)."""
+        moment = int(datetime.now(UTC).timestamp()) if now is None else now
+        async with self.db.transaction() as session:
+            due = await self.store.due_for_time_change(session, moment, limit)
+            if not due:
+                return 0
+            await self.store.lock_customers(session, due)
+            saved = await self.store.load_states(session, due)  # as of now, under the lock
+            envelopes = []
+            at = _now_stamp()
+            for customer_id, previous in saved.items():
+                before = self._announced(previous)
+                prune(previous.state, moment)
+                changed = changed_traits(before, evaluate(previous.state, moment, self.settings).flat())
+                if changed:
+                    envelopes.append(self._updated(customer_id, changed, "time", 0, at))
+            await self.store.save_states(session, {c: previous.state for c, previous in saved.items()}, moment)
+            await self.outbox.add_many(session, envelopes)
+        return len(due)
 
     def _updated(self, customer_id: str, changed: dict[str, Any], cause: str, count: int, at: Timestamp) -> Envelope:
         """profile.updated; `at` is one Timestamp for every envelope of a batch."""
@@ -272,9 +301,10 @@ class ProfileService:
             return
         absorbed = list(plan.final)
         await self.store.lock_customers(session, [*plan.survivors, *absorbed])
-        states = await self.store.load_states(session, [*plan.survivors, *absorbed])
+        saved = await self.store.load_states(session, [*plan.survivors, *absorbed])
+        states = {customer: stored.state for customer, stored in saved.items()}
         now = int(datetime.now(UTC).timestamp())
-        before = {s: evaluate(states[s], now, self.settings).flat() for s in plan.survivors if s in states}
+        before = {s: self._announced(saved[s]) for s in plan.survivors if s in saved}
         for survivor, folded in plan.steps:
             merged = states.get(survivor) or TraitState()
             for customer in folded:
@@ -288,7 +318,7 @@ class ProfileService:
         kept = {s: states[s] for s in plan.survivors if states[s].events or s in before}
         for state in kept.values():
             prune(state, now)
-        await self.store.save_states(session, kept)
+        await self.store.save_states(session, kept, now)
         envelopes = []
         at = _now_stamp()
         for survivor, state in kept.items():

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor_platform.db import NAMING_CONVENTION, Database, driver_connection
 
-from tailor_profile.domain.traits import TraitState
+from tailor_profile.domain.traits import TraitState, next_change
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -54,6 +54,11 @@ profile_state = Table(
     # TraitState.to_json(): order-independent aggregates, traits are evaluated from it at read time.
     Column("state", JSONB, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Epoch seconds: when the traits were last announced (profile.updated reports changes since),
+    # and when time alone changes them next (a window moves on; NULL: never), for the sweep.
+    Column("announced_at", BigInteger, nullable=False, server_default="0"),
+    Column("next_change_at", BigInteger, nullable=True),
+    Index("ix_profile_state_next_change_at", "next_change_at"),
 )
 
 profile_attribute = Table(
@@ -85,6 +90,12 @@ pending_event = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("seq", BigInteger, Identity(), nullable=False),
 )
+
+
+class SavedState(NamedTuple):
+    state: TraitState
+    announced_at: int
+    """When its traits were last announced in profile.updated: what changed is reported against them."""
 
 
 class EventRow(NamedTuple):
@@ -179,32 +190,43 @@ class ProfileStore:
         )
         return set(result.scalars())
 
-    async def load_states(
-        self, session: AsyncSession, customer_ids: Sequence[str], *, lock: bool = False
-    ) -> dict[str, TraitState]:
+    async def load_states(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, SavedState]:
         if not customer_ids:
             return {}
         driver = await driver_connection(session)
         rows = await driver.fetch(
-            "SELECT customer_id, state::text FROM profile_state WHERE customer_id = ANY($1::text[])"
-            + (" FOR UPDATE" if lock else ""),
+            "SELECT customer_id, state::text, announced_at FROM profile_state WHERE customer_id = ANY($1::text[])",
             list(customer_ids),
         )
-        return {row[0]: TraitState.from_json(orjson.loads(row[1])) for row in rows}
+        return {row[0]: SavedState(TraitState.from_json(orjson.loads(row[1])), row[2]) for row in rows}
 
-    async def save_states(self, session: AsyncSession, states: dict[str, TraitState]) -> None:
+    async def save_states(self, session: AsyncSession, states: dict[str, TraitState], now: int) -> None:
+        """Save states whose traits were announced as of `now`, with when time changes them next."""
         if not states:
             return
         driver = await driver_connection(session)
         await driver.execute(
-            "INSERT INTO profile_state (customer_id, state, updated_at) "
-            "SELECT c, s::jsonb, now() FROM unnest($1::text[], $2::text[]) AS t(c, s) "
-            "ON CONFLICT (customer_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+            "INSERT INTO profile_state (customer_id, state, updated_at, announced_at, next_change_at) "
+            "SELECT c, s::jsonb, now(), $3, n FROM unnest($1::text[], $2::text[], $4::bigint[]) AS t(c, s, n) "
+            "ON CONFLICT (customer_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, "
+            "announced_at = EXCLUDED.announced_at, next_change_at = EXCLUDED.next_change_at",
             list(states),
             # orjson: a state is a few KB of JSON per customer per batch; the standard library
             # took as long to write and read them as evaluating the traits.
             [orjson.dumps(state.to_json()).decode() for state in states.values()],
+            now,
+            [next_change(state, now) for state in states.values()],
         )
+
+    async def due_for_time_change(self, session: AsyncSession, now: int, limit: int) -> list[str]:
+        """Customers whose traits time has changed since they were announced (oldest due first)."""
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT customer_id FROM profile_state WHERE next_change_at <= $1 ORDER BY next_change_at LIMIT $2",
+            now,
+            limit,
+        )
+        return [row[0] for row in rows]
 
     async def delete_states(self, session: AsyncSession, customer_ids: Sequence[str]) -> None:
         driver = await driver_connection(session)

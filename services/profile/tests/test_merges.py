@@ -82,7 +82,7 @@ async def snapshot(profile: ProfileService, now: int) -> dict[str, Any]:
         "events": [tuple(row) for row in events],
         "aliases": [tuple(row) for row in aliases],
         "attributes": sorted(tuple(row) for row in attributes),
-        "traits": {customer: evaluate(state, now, SETTINGS).flat() for customer, state in states.items()},
+        "traits": {customer: evaluate(saved.state, now, SETTINGS).flat() for customer, saved in states.items()},
     }
 
 

@@ -18,6 +18,7 @@ from tailor_profile.domain.traits import (
     changed_traits,
     combine,
     evaluate,
+    next_change,
     prune,
     replay,
 )
@@ -233,6 +234,32 @@ def test_any_order_and_any_split_merged_later_gives_the_traits_of_the_full_timel
         merged = combine(merged, part, SETTINGS)
     prune(merged, NOW)
     assert_same_traits(evaluate(merged, NOW, SETTINGS).flat(), expected)
+
+
+def test_next_change_is_when_a_bucket_leaves_a_window_or_a_day_since_the_last_purchase_passes() -> None:
+    viewed = replay([event("page_view", 3)], SETTINGS, NOW)
+    assert next_change(viewed, NOW) == (NOW // DAY_S - 3 + 7) * DAY_S  # page_views_7d drops
+    assert next_change(viewed, NOW + 5 * DAY_S) is None  # nothing left to change
+    bought = replay([order(10, 1000)], SETTINGS, NOW)
+    assert next_change(bought, NOW) == NOW + DAY_S  # rfm_recency_days 10 -> 11
+    assert next_change(replay([event("store_visit", 1)], SETTINGS, NOW), NOW) is None
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_time_alone_changes_no_trait_before_the_next_change(seed: int) -> None:
+    rng = random.Random(seed)
+    state = replay(random_timeline(rng, rng.randint(1, 80)), SETTINGS, NOW)
+    moment = NOW
+    for _ in range(60):  # follow the changes one after another
+        upcoming = next_change(state, moment)
+        traits = evaluate(state, moment, SETTINGS).flat()
+        if upcoming is None:
+            assert_same_traits(evaluate(state, moment + 1000 * DAY_S, SETTINGS).flat(), traits)
+            break
+        assert upcoming > moment
+        for probe in (moment + 1, (moment + upcoming) // 2, upcoming - 1):
+            assert_same_traits(evaluate(state, probe, SETTINGS).flat(), traits)
+        moment = upcoming
 
 
 def test_the_cart_keeps_its_newest_changes_only_up_to_a_bound() -> None:

@@ -8,7 +8,8 @@ applying every event once in time order. Nothing ever rescans a timeline.
 
 Traits are not stored: `evaluate(state, now)` derives them at read time, so rolling windows (30/90/
 365 days, page views in 7 days, the 12-month loyalty spend) stay right as time passes, with no
-events arriving.
+events arriving. `next_change(state, now)` says when time alone will next change them, so that the
+change can be announced then too.
 """
 
 from __future__ import annotations
@@ -537,6 +538,23 @@ def _open_cart(state: TraitState) -> tuple[list[CartLine], int, int | None]:
     if not lines:
         return [], 0, None
     return lines, sum(line.quantity * line.unit_price for line in lines), max(entry[0] for entry in state.cart)
+
+
+def next_change(state: TraitState, now: int) -> int | None:
+    """The first moment after `now` at which time alone changes the evaluated traits, or None if it
+    never will: a day bucket leaving a rolling window (7 days for page views; 30, 90 and 365 days
+    for orders, revenue and refunds), or the days since the last purchase growing by one. Category
+    affinity shares do not move with time (every category decays at the same rate), and nothing
+    else depends on the clock."""
+    moments = []
+    if state.last_purchase is not None:
+        days = max(0, (now - state.last_purchase) // DAY_S)
+        moments.append(state.last_purchase + (days + 1) * DAY_S)
+    today = now // DAY_S
+    for day, (orders, revenue, refunds, page_views) in state.days.items():
+        windows = (WINDOWS if orders or revenue or refunds else ()) + ((7,) if page_views else ())
+        moments.extend((day + days) * DAY_S for days in windows if day + days > today)
+    return min(moments) if moments else None
 
 
 def changed_traits(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,10 @@ connection) and hands them out in turn.
 The kernel picks a worker per connection by a hash, not in turn: two connections land on the same
 worker half of the time, and that worker then does all the work while the other idles (measured:
 17,000 instead of 25,000 identity records/s). `spread` therefore asks each connection which worker
-it reached (the health check's `tailor-worker` header, "index/count") and reconnects the ones that
-crowd a worker until the connections are spread evenly.
+it reached (the health check's `tailor-worker` header, "index/count") and opens new connections in
+place of the ones that crowd a worker until the connections are spread evenly. The crowding ones
+stay open until then: a connection opened right after closing one often gets the same source port
+back, hence the same worker (measured: one pool in ten never spread).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ log = logging.getLogger(__name__)
 WORKER_HEADER = "tailor-worker"
 """Initial metadata of a health check answered by one of several workers: "index/count"."""
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-SPREAD_ATTEMPTS = 10
-"""Reconnections per connection at most (each lands on a crowded worker with odds below 1/2)."""
+SPREAD_ATTEMPTS = 32
+"""Connections tried per pool slot at most (each lands on a crowded worker with odds about 1/2)."""
 PROBE_TIMEOUT_S = 2.0
+CONNECTION_ARG = "tailor.connection"
+_connections = itertools.count()
 RETRY_SPREAD_AFTER_S = 30.0
 """When the server could not be asked (down, or not yet up), spreading is tried again this much later."""
 
@@ -65,7 +69,9 @@ class ChannelPool:
         return self._channels[next(self._turn)]
 
     def _open(self) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(self.address, options=self._options, interceptors=self._interceptors)
+        # A channel argument of its own: gRPC never gives a new channel an existing connection.
+        options = [*self._options, (CONNECTION_ARG, next(_connections))]
+        return grpc.aio.insecure_channel(self.address, options=options, interceptors=self._interceptors)
 
     async def spread(self) -> None:
         """Spread the pool's connections evenly over the server's workers, once (concurrent and
@@ -85,18 +91,24 @@ class ChannelPool:
     async def _spread(self) -> bool:
         self.channel()
         per_worker: Counter[int] = Counter()
-        for position in range(self.size):
-            for attempt in range(SPREAD_ATTEMPTS):
-                worker = await self._worker_of(self._channels[position])
-                if worker is None:
-                    self._unspread_since = time.monotonic()
-                    return False
-                index, count = worker
-                if per_worker[index] < -(-self.size // count) or attempt == SPREAD_ATTEMPTS - 1:
-                    per_worker[index] += 1
-                    break
-                crowded, self._channels[position] = self._channels[position], self._open()
-                await crowded.close()
+        crowded: list[grpc.aio.Channel] = []
+        try:
+            for position in range(self.size):
+                for attempt in range(SPREAD_ATTEMPTS):
+                    worker = await self._worker_of(self._channels[position])
+                    if worker is None:
+                        self._unspread_since = time.monotonic()
+                        return False
+                    index, count = worker
+                    if per_worker[index] < -(-self.size // count) or attempt == SPREAD_ATTEMPTS - 1:
+                        per_worker[index] += 1
+                        break
+                    # Kept open until the spread is done (see the module docstring).
+                    crowded.append(self._channels[position])
+                    self._channels[position] = self._open()
+        finally:
+            for channel in crowded:
+                await channel.close()
         log.debug("connections to %s per worker: %s", self.address, dict(per_worker))
         return True
 

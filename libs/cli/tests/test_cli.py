@@ -84,7 +84,7 @@ async def workers_reached(address: str, size: int) -> Counter[str]:
         await pool.spread()
         reached: Counter[str] = Counter()
         for _ in range(size):
-            call = health_pb2_grpc.HealthStub(pool.channel()).Check(health_pb2.HealthCheckRequest())
+            call = health_pb2_grpc.HealthStub(pool.channel()).Check(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]
             reached[dict(await call.initial_metadata())[WORKER_HEADER]] += 1
             await call
         return reached

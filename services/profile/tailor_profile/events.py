@@ -36,8 +36,8 @@ PROFILE_UPDATED = "profile.updated"
 INGEST_SUBJECT = "tailor.ingest.events"
 PENDING_WAKE_SUBJECT = "tailor.profile.pending.wake"
 MAX_BUS_BATCH = 1000
-TIME_CHANGE_ROUND = 500
-"""Profiles announced per transaction of the time sweep."""
+TIME_CHANGE_ROUND = 100
+"""Profiles announced per transaction of the time sweep (small: a round holds its worker's event loop)."""
 
 
 def profile_updated(

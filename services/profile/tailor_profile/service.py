@@ -235,10 +235,9 @@ class ProfileService:
         them; returns how many were due (fewer than `limit`: none are left)."""
         moment = int(datetime.now(UTC).timestamp()) if now is None else now
         async with self.db.transaction() as session:
-            due = await self.store.due_for_time_change(session, moment, limit)
+            due = await self.store.lock_due_for_time_change(session, moment, limit)
             if not due:
                 return 0
-            await self.store.lock_customers(session, due)
             saved = await self.store.load_states(session, due)  # as of now, under the lock
             envelopes = []
             at = _now_stamp()

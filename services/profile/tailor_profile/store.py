@@ -92,6 +92,11 @@ pending_event = Table(
 )
 
 
+def _lock_key(column: str) -> str:
+    """The advisory lock key of a customer id (one expression for every statement that locks)."""
+    return f"hashtextextended({column}, 7)"
+
+
 class SavedState(NamedTuple):
     state: TraitState
     announced_at: int
@@ -148,7 +153,7 @@ class ProfileStore:
             driver = await driver_connection(session)
             await driver.execute(
                 "SELECT pg_advisory_xact_lock(k) FROM "
-                "(SELECT DISTINCT hashtextextended(c, 7) AS k FROM unnest($1::text[]) c ORDER BY 1) s",
+                f"(SELECT DISTINCT {_lock_key('c')} AS k FROM unnest($1::text[]) c ORDER BY 1) s",
                 keys,
             )
 
@@ -218,11 +223,16 @@ class ProfileStore:
             [next_change(state, now) for state in states.values()],
         )
 
-    async def due_for_time_change(self, session: AsyncSession, now: int, limit: int) -> list[str]:
-        """Customers whose traits time has changed since they were announced (oldest due first)."""
+    async def lock_due_for_time_change(self, session: AsyncSession, now: int, limit: int) -> list[str]:
+        """Customers whose traits time has changed since they were announced (oldest due first),
+        locked like `lock_customers` until commit. Customers locked by someone else (a batch being
+        ingested, another replica's sweep) are skipped: this never waits, so it cannot deadlock."""
         driver = await driver_connection(session)
         rows = await driver.fetch(
-            "SELECT customer_id FROM profile_state WHERE next_change_at <= $1 ORDER BY next_change_at LIMIT $2",
+            # The limit inside: only the customers returned are tried (and locked), whatever the plan.
+            "SELECT customer_id FROM (SELECT customer_id, next_change_at FROM profile_state "
+            "WHERE next_change_at <= $1 ORDER BY next_change_at LIMIT $2) due "
+            f"WHERE pg_try_advisory_xact_lock({_lock_key('customer_id')}) ORDER BY next_change_at",
             now,
             limit,
         )

@@ -78,6 +78,17 @@ async def test_time_changes_are_announced_once_when_due(profile: ProfileService)
     assert (await last_update(profile))[1] == {"rfm_recency_days": 32}
 
 
+async def test_the_sweep_skips_customers_locked_by_ingestion(profile: ProfileService) -> None:
+    start = datetime.now(UTC) - timedelta(days=60)
+    await ingest(profile, [make_event("page_view", start, email=EMAIL, page_view=pb.PageView(url="/"))], start)
+    later = int(start.timestamp()) + 10 * DAY_S
+    async with profile.db.transaction() as ingesting:  # a batch of this customer's in flight
+        await profile.store.lock_customers(ingesting, ["cust-1"])
+        assert await profile.announce_time_changes(later) == 0  # skipped, not waited for
+    assert await profile.announce_time_changes(later) == 1
+    assert (await last_update(profile))[1] == {"page_views_7d": 0}
+
+
 async def test_an_event_reports_what_time_changed_since_the_last_announcement(profile: ProfileService) -> None:
     start = datetime.now(UTC) - timedelta(days=60)
     order = make_event("order_completed", start - timedelta(days=1), email=EMAIL, purchase=purchase(item(price=2500)))

@@ -88,6 +88,12 @@ class ChannelPool:
         if not self._spreading.done():
             await asyncio.shield(self._spreading)
 
+    def respread(self) -> None:
+        """Spread again on the next `spread` call: the server was lost (a restart, a network cut)
+        and gRPC reconnects each channel to whichever worker the kernel picks."""
+        if self._spreading is not None and self._spreading.done():
+            self._spreading = None
+
     async def _spread(self) -> bool:
         self.channel()
         per_worker: Counter[int] = Counter()

@@ -29,6 +29,8 @@ class ServiceUnavailable(Exception):
 
 
 class _Client:
+    service = ""
+
     def __init__(self, address: str, connections: int = 1) -> None:
         self.address = address
         self._pool = ChannelPool(address, connections)
@@ -37,15 +39,18 @@ class _Client:
         await self._pool.spread()
         return self._pool.channel()
 
+    def _unavailable(self, error: grpc.aio.AioRpcError) -> ServiceUnavailable:
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            self._pool.respread()  # reconnected connections land on whichever worker the kernel picks
+        return ServiceUnavailable(f"{self.service}: {error.code().name}: {error.details()}")
+
     async def close(self) -> None:
         await self._pool.close()
 
 
-def _unavailable(error: grpc.aio.AioRpcError, service: str) -> ServiceUnavailable:
-    return ServiceUnavailable(f"{service}: {error.code().name}: {error.details()}")
-
-
 class IdentityClient(_Client):
+    service = "identity"
+
     def __init__(self, address: str, timeout_s: float, connections: int = 1) -> None:
         super().__init__(address, connections)
         self.timeout_s = timeout_s
@@ -60,7 +65,7 @@ class IdentityClient(_Client):
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in UNREACHABLE:
-                raise _unavailable(error, "identity") from error
+                raise self._unavailable(error) from error
             raise
         return response
 
@@ -79,12 +84,14 @@ class IdentityClient(_Client):
             response: identity_pb2.GetGraphResponse = await (await self.stub()).GetGraph(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as error:
             if error.code() in UNREACHABLE:
-                raise _unavailable(error, "identity") from error
+                raise self._unavailable(error) from error
             raise
         return response
 
 
 class ConsentClient(_Client):
+    service = "consent"
+
     async def consents(self, customer_id: str, timeout_s: float) -> list[consent_pb2.Consent]:
         stub = consent_pb2_grpc.ConsentServiceStub(await self.channel())
         try:
@@ -93,6 +100,6 @@ class ConsentClient(_Client):
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in UNREACHABLE:
-                raise _unavailable(error, "consent") from error
+                raise self._unavailable(error) from error
             raise
         return list(response.consents)

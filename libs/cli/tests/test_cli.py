@@ -77,6 +77,24 @@ def test_unknown_service_is_a_clear_error() -> None:
     assert "unknown service(s): billing" in result.stderr + result.stdout
 
 
+async def both_workers_listening(address: str, timeout_s: float = 30.0) -> None:
+    """The service answers health checks once one worker listens; the other may still be starting."""
+    seen: set[str] = set()
+    pools: list[ChannelPool] = []
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        while len(seen) < 2:
+            assert asyncio.get_running_loop().time() < deadline, f"only workers {seen} answer"
+            pool = ChannelPool(address, 2, interceptors=[])  # a connection of its own (kept open)
+            pools.append(pool)
+            call = health_pb2_grpc.HealthStub(pool.channel()).Check(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]
+            seen.add(dict(await call.initial_metadata())[WORKER_HEADER])
+            await call
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
 async def workers_reached(address: str, size: int) -> Counter[str]:
     """How many of a spread pool's connections reach each worker (by the health check's header)."""
     pool = ChannelPool(address, size, interceptors=[])
@@ -113,6 +131,7 @@ def test_workers_share_the_port_and_stop_together(start_platform: Callable[..., 
             await pool.close()
 
     asyncio.run(check_over_many_connections())
+    asyncio.run(both_workers_listening(platform.address("consent")))
     # Left to the kernel, a pool's two connections reach the same worker half of the time; spread,
     # every pool of 2 has one connection per worker and a pool of 4 two (5 pools: 1/32 by chance).
     for size in (2, 2, 2, 4, 4):

@@ -73,12 +73,14 @@ class ChannelPool:
         options = [*self._options, (CONNECTION_ARG, next(_connections))]
         return grpc.aio.insecure_channel(self.address, options=options, interceptors=self._interceptors)
 
-    async def spread(self) -> None:
+    async def spread(self) -> bool:
         """Spread the pool's connections evenly over the server's workers, once (concurrent and
-        later calls wait for or skip that work). Never raises: a server that cannot be asked is
-        asked again on a call after RETRY_SPREAD_AFTER_S, and meanwhile the pool works unspread."""
+        later calls wait for or skip that work). Never raises: a server that cannot be asked, or
+        whose workers could not all be reached (one still starting), is asked again on a call after
+        RETRY_SPREAD_AFTER_S, and meanwhile the pool works as it is. Returns whether the
+        connections are spread evenly."""
         if self.size == 1:
-            return
+            return True
         if self._spreading is None or (
             self._spreading.done()
             and not self._spreading.result()
@@ -87,6 +89,7 @@ class ChannelPool:
             self._spreading = asyncio.ensure_future(self._spread())
         if not self._spreading.done():
             await asyncio.shield(self._spreading)
+        return self._spreading.result()
 
     def respread(self) -> None:
         """Spread again on the next `spread` call: the server was lost (a restart, a network cut)
@@ -98,6 +101,7 @@ class ChannelPool:
         self.channel()
         per_worker: Counter[int] = Counter()
         crowded: list[grpc.aio.Channel] = []
+        even = True
         try:
             for position in range(self.size):
                 for attempt in range(SPREAD_ATTEMPTS):
@@ -106,8 +110,10 @@ class ChannelPool:
                         self._unspread_since = time.monotonic()
                         return False
                     index, count = worker
-                    if per_worker[index] < -(-self.size // count) or attempt == SPREAD_ATTEMPTS - 1:
+                    fits = per_worker[index] < -(-self.size // count)
+                    if fits or attempt == SPREAD_ATTEMPTS - 1:
                         per_worker[index] += 1
+                        even = even and fits
                         break
                     # Kept open until the spread is done (see the module docstring).
                     crowded.append(self._channels[position])
@@ -116,7 +122,9 @@ class ChannelPool:
             for channel in crowded:
                 await channel.close()
         log.debug("connections to %s per worker: %s", self.address, dict(per_worker))
-        return True
+        if not even:  # e.g. a worker still starting, not yet listening: try again later
+            self._unspread_since = time.monotonic()
+        return even
 
     async def _worker_of(self, channel: grpc.aio.Channel) -> tuple[int, int] | None:
         """(index, count) of the worker this channel's connection reached; (0, 1) for a server

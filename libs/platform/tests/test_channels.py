@@ -80,3 +80,16 @@ async def test_a_server_of_one_process_needs_no_spreading() -> None:
     pool = ScriptedPool(3, iter([(0, 1)] * 3))
     await pool.spread()
     assert pool.probes == 3 and len(pool.opened) == 3
+
+
+async def test_a_worker_not_yet_listening_is_looked_for_again_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every connection reaches worker 0 (worker 1 is still starting), then worker 1 is up.
+    pool = ScriptedPool(2, iter([(0, 2)] * (1 + channels.SPREAD_ATTEMPTS) + [(1, 2)]))
+    await pool.spread()
+    assert reached(pool) == [0, 0]
+    probes = pool.probes
+    await pool.spread()
+    assert pool.probes == probes  # not at once
+    monkeypatch.setattr(channels, "RETRY_SPREAD_AFTER_S", 0.0)
+    await pool.spread()
+    assert reached(pool) == [0, 1]

@@ -31,7 +31,6 @@ from tailor_platform.channels import ChannelPool
 from tailor_platform.db import driver_url
 
 from bench.framework import SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most
-from bench.loadgen import spread_evenly
 
 SEED = 20261125
 WORKERS = {"TAILOR_IDENTITY_WORKERS": "2"}
@@ -204,7 +203,7 @@ async def measure_speed(address: str, sizes: Sizes, report: Reporter) -> dict[st
     # service's identity client keeps them.
     pool = ChannelPool(address, sizes.in_flight, interceptors=[])
     try:
-        await spread_evenly(pool)
+        await pool.spread_evenly()
         for request in batches[:WARMUP_BATCHES]:  # warm-up: pool connections, prepared statements
             await identity_stub(pool.channel()).ResolveBatch(request, timeout=60)
         with report.step(

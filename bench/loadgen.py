@@ -135,7 +135,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     try:
         # Several connections are spread over the server's workers (the kernel would put them on
         # one worker half of the time); the calls in flight take them in turn.
-        await spread_evenly(pool)
+        await pool.spread_evenly()
         channels = [pool.channel() for _ in range(args.connections)]
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=30)
@@ -168,15 +168,6 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         "begin": wall_clock(begin_ns),
         "end": wall_clock(end_ns),
     }
-
-
-async def spread_evenly(pool: ChannelPool, timeout_s: float = 30.0) -> None:
-    """Spread the pool, waiting for a worker that is still starting (a service answers as soon as
-    its first worker listens)."""
-    deadline = time.monotonic() + timeout_s
-    while not await pool.spread() and time.monotonic() < deadline:
-        pool.respread()
-        await asyncio.sleep(0.5)
 
 
 def _split(requests: list[bytes], sizes: str) -> list[Iterator[bytes]]:

@@ -91,6 +91,17 @@ class ChannelPool:
             await asyncio.shield(self._spreading)
         return self._spreading.result()
 
+    async def spread_evenly(self, timeout_s: float = 30.0) -> bool:
+        """`spread`, waiting up to `timeout_s` for a worker that is still starting (a service
+        answers as soon as its first worker listens): for callers that start with the service."""
+        deadline = time.monotonic() + timeout_s
+        while not await self.spread():
+            if time.monotonic() > deadline:
+                return False
+            self.respread()
+            await asyncio.sleep(0.5)
+        return True
+
     def respread(self) -> None:
         """Spread again on the next `spread` call: the server was lost (a restart, a network cut)
         and gRPC reconnects each channel to whichever worker the kernel picks."""

@@ -20,7 +20,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tailor_platform import telemetry
 from tailor_platform.auth import Authenticator
-from tailor_platform.channels import WORKER_HEADER
+from tailor_platform.channels import HEALTH_CHECK, WORKER_HEADER
 from tailor_platform.errors import TailorError
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class _Call:
     def __init__(self, method: str, authenticator: Authenticator, worker: str) -> None:
         self.method = method
         self.open = method.startswith(OPEN_METHOD_PREFIXES)
-        self.worker_header = ((WORKER_HEADER, worker),) if worker and method.endswith("/Check") else None
+        self.worker_header = ((WORKER_HEADER, worker),) if worker and method == HEALTH_CHECK else None
         self.authenticator = authenticator
         service, _, name = method.lstrip("/").partition("/")
         self.span_name = f"{service}/{name}"

@@ -11,3 +11,10 @@ def timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
+
+
+def now_timestamp() -> Timestamp:
+    """The current time (one per batch: envelopes of one moment copy it instead of converting)."""
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp

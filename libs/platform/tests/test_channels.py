@@ -3,6 +3,7 @@ multi-worker service, is tested in libs/cli/tests/test_cli.py)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,3 +94,11 @@ async def test_a_worker_not_yet_listening_is_looked_for_again_later(monkeypatch:
     monkeypatch.setattr(channels, "RETRY_SPREAD_AFTER_S", 0.0)
     await pool.spread()
     assert reached(pool) == [0, 1]
+
+
+async def test_spread_evenly_waits_for_a_worker_still_starting() -> None:
+    pool = ScriptedPool(2, iter([(0, 2)] * (1 + channels.SPREAD_ATTEMPTS) + [(0, 2), (1, 2)]))
+    assert await pool.spread_evenly(timeout_s=5)
+    assert reached(pool) == [0, 1]
+    never = ScriptedPool(2, itertools.repeat((0, 2)))
+    assert not await never.spread_evenly(timeout_s=0.1)

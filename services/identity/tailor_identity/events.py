@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.events.v1.identity_pb2 import IdentityMerged, IdentityResolved, IdentityUnmerged
 from tailor_platform.bus.envelope import new_envelope
+from tailor_platform.protobuf import now_timestamp
 
 SOURCE = "identity"
 RESOLVED = "identity.resolved"
@@ -23,9 +24,7 @@ UNMERGED = "identity.unmerged"
 
 def resolved(customer_id: str, at: Timestamp | None = None) -> Envelope:
     """`at`: one Timestamp for all the customers a batch created (copied, not converted, per event)."""
-    if at is None:
-        at = Timestamp()
-        at.GetCurrentTime()
+    at = at or now_timestamp()
     message = IdentityResolved(customer_id=customer_id)
     message.created_at.CopyFrom(at)
     return new_envelope(RESOLVED, SOURCE, message, customer_id=customer_id, time=at)

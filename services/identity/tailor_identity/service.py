@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor_platform.bus.outbox import Outbox
 from tailor_platform.db import Database, sqlstate
 from tailor_platform.errors import FailedPrecondition, NotFound
 from tailor_platform.lru import LruCache
+from tailor_platform.protobuf import now_timestamp
 
 from tailor_identity import events
 from tailor_identity.domain import matching
@@ -309,8 +309,7 @@ class IdentityService:
         ]
         if await self.store.insert_identifiers(session, new_keys) < len(new_keys):
             raise Contention("a key was taken by a concurrent transaction")
-        now = Timestamp()
-        now.GetCurrentTime()
+        now = now_timestamp()
         envelopes: list[Envelope] = [events.resolved(customer, now) for customer in created]
         for merge in planner.merges:
             _, envelope = await self._merge_one(

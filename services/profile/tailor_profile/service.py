@@ -27,6 +27,7 @@ from tailor_platform.bus.envelope import new_envelope
 from tailor_platform.bus.merges import Merge
 from tailor_platform.bus.outbox import Outbox
 from tailor_platform.db import Database, sqlstate
+from tailor_platform.protobuf import now_timestamp
 
 from tailor_profile import events
 from tailor_profile.clients import IdentityClient, ServiceUnavailable
@@ -211,7 +212,7 @@ class ProfileService:
         saved = await self.store.load_states(session, list(fresh))
         states = {}
         envelopes = []
-        at = _now_stamp()
+        at = now_timestamp()
         for customer_id, facts in fresh.items():
             previous = saved.get(customer_id)
             before = self._announced(previous)
@@ -240,7 +241,7 @@ class ProfileService:
                 return 0
             saved = await self.store.load_states(session, due)  # as of now, under the lock
             envelopes = []
-            at = _now_stamp()
+            at = now_timestamp()
             for customer_id, previous in saved.items():
                 before = self._announced(previous)
                 prune(previous.state, moment)
@@ -319,7 +320,7 @@ class ProfileService:
             prune(state, now)
         await self.store.save_states(session, kept, now)
         envelopes = []
-        at = _now_stamp()
+        at = now_timestamp()
         for survivor, state in kept.items():
             changed = changed_traits(before.get(survivor, {}), evaluate(state, now, self.settings).flat())
             if changed:
@@ -337,7 +338,9 @@ class ProfileService:
             if changed:
                 current = {a.name: a.value for a in await self.store.attributes(session, customer_id)}
                 update = {f"attribute.{v.name}": current.get(v.name, "") for v in values}
-                await self.outbox.add_many(session, [self._updated(customer_id, update, "attributes", 0, _now_stamp())])
+                await self.outbox.add_many(
+                    session, [self._updated(customer_id, update, "attributes", 0, now_timestamp())]
+                )
         return customer_id
 
     async def profile(self, customer_id: str) -> ProfileView:
@@ -353,12 +356,6 @@ class ProfileService:
         async with self.db.sessions() as session:
             customer_id = (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id)
             return customer_id, await self.store.timeline(session, customer_id, **filters)
-
-
-def _now_stamp() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 def _rejected(rejection: Rejection) -> EventOutcome:

@@ -1,6 +1,7 @@
 """What identity publishes (always through the outbox, in the transaction of the change).
 
-- `tailor.identity.resolved`: a new customer id exists.
+- `tailor.identity.resolved`: new customer ids exist; one event per transaction, naming every
+  customer it created (a message per customer was a sixth of ResolveBatch's cost).
 - `tailor.identity.merged`: absorbed customers are the survivor from now on (consent, profile and
   the others fold what they hold on the absorbed ids into the survivor).
 - `tailor.identity.unmerged`: a merge was reversed, or identifiers were split off into a new customer.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.events.v1.identity_pb2 import IdentityMerged, IdentityResolved, IdentityUnmerged
 from tailor_platform.bus.envelope import new_envelope
@@ -22,12 +22,12 @@ MERGED = "identity.merged"
 UNMERGED = "identity.unmerged"
 
 
-def resolved(customer_id: str, at: Timestamp | None = None) -> Envelope:
-    """`at`: one Timestamp for all the customers a batch created (copied, not converted, per event)."""
-    at = at or now_timestamp()
-    message = IdentityResolved(customer_id=customer_id)
+def resolved(customer_ids: list[str]) -> Envelope:
+    at = now_timestamp()
+    message = IdentityResolved(customer_ids=customer_ids)
     message.created_at.CopyFrom(at)
-    return new_envelope(RESOLVED, SOURCE, message, customer_id=customer_id, time=at)
+    only = customer_ids[0] if len(customer_ids) == 1 else ""
+    return new_envelope(RESOLVED, SOURCE, message, customer_id=only, time=at)
 
 
 def merged(survivor_id: str, absorbed_ids: list[str], evidence: str, merge_id: str) -> Envelope:

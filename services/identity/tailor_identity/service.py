@@ -19,7 +19,6 @@ from tailor_platform.bus.outbox import Outbox
 from tailor_platform.db import Database, sqlstate
 from tailor_platform.errors import FailedPrecondition, NotFound
 from tailor_platform.lru import LruCache
-from tailor_platform.protobuf import now_timestamp
 
 from tailor_identity import events
 from tailor_identity.domain import matching
@@ -309,8 +308,7 @@ class IdentityService:
         ]
         if await self.store.insert_identifiers(session, new_keys) < len(new_keys):
             raise Contention("a key was taken by a concurrent transaction")
-        now = now_timestamp()
-        envelopes: list[Envelope] = [events.resolved(customer, now) for customer in created]
+        envelopes: list[Envelope] = [events.resolved(created)] if created else []
         for merge in planner.merges:
             _, envelope = await self._merge_one(
                 session, merge.survivor_id, [merge.absorbed_id], "resolution", merge.evidence
@@ -660,7 +658,7 @@ class IdentityService:
                 snapshot={new_id: {"identifiers": mine, "persons": []}},
             )
             await self.outbox.add_many(
-                session, [events.resolved(new_id), events.unmerged(customer_id, [new_id], "", split_id)]
+                session, [events.resolved([new_id]), events.unmerged(customer_id, [new_id], "", split_id)]
             )
             return split_id, [new_id]
 

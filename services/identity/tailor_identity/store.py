@@ -86,12 +86,17 @@ class IdentityStore:
         """Which customer owns each of these keys (keys nobody owns are absent)."""
         if not blind_indexes:
             return {}
-        # The hot path: straight to the driver (same connection and transaction), no row objects.
+        # The hot path: straight to the driver (same connection and transaction), and two arrays
+        # rather than a row object per key (decoding those was half of the query's client time).
         driver = await driver_connection(session)
-        rows = await driver.fetch(
-            "SELECT blind_index, customer_id FROM identifier WHERE blind_index = ANY($1::bytea[])", list(blind_indexes)
+        row = await driver.fetchrow(
+            "SELECT array_agg(blind_index), array_agg(customer_id) FROM identifier "
+            "WHERE blind_index = ANY($1::bytea[])",
+            list(blind_indexes),
         )
-        return {row[0]: row[1] for row in rows}
+        assert row is not None  # an aggregate always returns its row
+        found, owners = row
+        return dict(zip(found, owners, strict=True)) if found else {}
 
     async def lock_customers(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, str]:
         """Lock the customers (in id order, so concurrent batches cannot deadlock on them); their status."""

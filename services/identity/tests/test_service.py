@@ -9,7 +9,7 @@ import os
 import pytest
 from sqlalchemy import text
 from tailor.events.v1.envelope_pb2 import Envelope
-from tailor.events.v1.identity_pb2 import IdentityMerged
+from tailor.events.v1.identity_pb2 import IdentityMerged, IdentityResolved
 from tailor_identity.domain.crypto import Keyring
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.model import Record
@@ -44,6 +44,25 @@ async def test_shared_keys_resolve_to_one_customer(identity: IdentityService) ->
     assert again.customer_id == first.customer_id and not again.created and again.matched_by == "email"
     [by_phone] = await identity.resolve_batch([record(k, ("phone", "(415) 555-0100"))])
     assert by_phone.customer_id == first.customer_id and by_phone.matched_by == "phone"
+
+
+async def test_one_resolved_event_names_every_customer_a_batch_created(identity: IdentityService) -> None:
+    k = identity.keys
+    results = await identity.resolve_batch(
+        [
+            record(k, ("email", "one@example.com")),
+            record(k, ("email", "two@example.com")),
+            record(k, ("email", "one@example.com")),
+        ]
+    )
+    [event] = [e for e in await events_of(identity.db) if e.type == "identity.resolved"]
+    payload = IdentityResolved()
+    event.data.Unpack(payload)
+    assert list(payload.customer_ids) == [results[0].customer_id, results[1].customer_id]
+    assert event.customer_id == ""  # several customers: none is the envelope's
+    [single] = await identity.resolve_batch([record(k, ("email", "three@example.com"))])
+    last = [e for e in await events_of(identity.db) if e.type == "identity.resolved"][-1]
+    assert last.customer_id == single.customer_id
 
 
 async def test_batch_joins_records_and_merges_existing_customers(identity: IdentityService) -> None:

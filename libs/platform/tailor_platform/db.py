@@ -127,6 +127,11 @@ class Driver:
             rows: list[asyncpg.Record] = await self.connection.fetch(query, *args)
             return rows
 
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        with telemetry.database_span(_operation(query), query):
+            row: asyncpg.Record | None = await self.connection.fetchrow(query, *args)
+            return row
+
     async def fetchval(self, query: str, *args: object) -> object:
         with telemetry.database_span(_operation(query), query):
             return await self.connection.fetchval(query, *args)

@@ -13,16 +13,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor_platform.db import driver_connection
 
-from tailor_identity.domain.crypto import BLIND_INDEX_BYTES
 from tailor_identity.tables import Base
-
-_OWNERS_IN_KEY_ORDER = (
-    "SELECT string_agg(coalesce((SELECT customer_id FROM identifier WHERE blind_index = "
-    f"substring($1::bytea FROM n * {BLIND_INDEX_BYTES} + 1 FOR {BLIND_INDEX_BYTES})), ''), ' ' ORDER BY n) "
-    f"FROM generate_series(0, length($1::bytea) / {BLIND_INDEX_BYTES} - 1) AS n"
-)
-"""The owner of each key (customer ids hold no spaces; '' for a key nobody owns), one probe of the
-unique index per key whatever the planner's estimates."""
 
 __all__ = ["Base", "IdentifierRow", "IdentityStore", "PersonRow", "StaleRow"]
 
@@ -95,15 +86,17 @@ class IdentityStore:
         """Which customer owns each of these keys (keys nobody owns are absent)."""
         if not blind_indexes:
             return {}
-        # The hot path, straight to the driver (same connection and transaction). The keys go as one
-        # bytea and the owners come back as one string in key order: asyncpg encodes and decodes
-        # arrays element by element, which cost more client CPU than the 2,000 index probes.
-        if any(len(token) != BLIND_INDEX_BYTES for token in blind_indexes):
-            raise ValueError(f"blind indexes are {BLIND_INDEX_BYTES} bytes")
+        # The hot path: straight to the driver (same connection and transaction), and two arrays
+        # rather than a row object per key (decoding those was half of the query's client time).
         driver = await driver_connection(session)
-        joined = await driver.fetchval(_OWNERS_IN_KEY_ORDER, b"".join(blind_indexes))
-        assert isinstance(joined, str)
-        return {token: owner for token, owner in zip(blind_indexes, joined.split(" "), strict=True) if owner}
+        row = await driver.fetchrow(
+            "SELECT array_agg(blind_index), array_agg(customer_id) FROM identifier "
+            "WHERE blind_index = ANY($1::bytea[])",
+            list(blind_indexes),
+        )
+        assert row is not None  # an aggregate always returns its row
+        found, owners = row
+        return dict(zip(found, owners, strict=True)) if found else {}
 
     async def lock_customers(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, str]:
         """Lock the customers (in id order, so concurrent batches cannot deadlock on them); their status."""

@@ -2,9 +2,13 @@
 in its own process like a real service (same event loop and server options, no interceptors).
 
 - `consent`: ConsentService.CheckConsent answers an empty response.
-- `profile`: ProfileService.IngestEvents parses the batch and answers "accepted" for every event.
+- `profile`: ProfileService.IngestEvents parses the batch and answers "accepted" for every event;
+  ProfileService.GetProfile answers a profile holding only the customer id.
 
-    python -m bench.noop_server PORT [consent|profile]
+    python -m bench.noop_server PORT [consent|profile] [WORKER COUNT]
+
+With WORKER and COUNT (several processes sharing PORT, as a service's workers do) each process names
+itself in its health-check answers like a service worker, so that clients spread over them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tailor.consent.v1 import consent_pb2
 from tailor.profile.v1 import profile_pb2
 from tailor_cli.embedded import free_port
 from tailor_cli.launcher import health_status
+from tailor_platform.channels import WORKER_HEADER
 
 from bench.framework import REPO_ROOT
 from bench.loadgen import Server
@@ -46,14 +51,21 @@ async def ingest_events(request: profile_pb2.IngestEventsRequest, context: Conte
     )
 
 
-def _add(
-    server: grpc.aio.Server, service: str, method: str, behaviour: Callable[..., Any], request: Any, response: Any
-) -> None:
-    """What the generated add_<Service>Servicer_to_server does, for one method."""
+async def get_profile(request: profile_pb2.GetProfileRequest, context: Context) -> profile_pb2.Profile:
+    return profile_pb2.Profile(customer_id=request.customer_id)
+
+
+Method = tuple[Callable[..., Any], Any, Any]
+"""(behaviour, request type, response type)"""
+
+
+def _add(server: grpc.aio.Server, service: str, methods: dict[str, Method]) -> None:
+    """What the generated add_<Service>Servicer_to_server does, for these methods."""
     handlers = {
-        method: grpc.unary_unary_rpc_method_handler(
+        name: grpc.unary_unary_rpc_method_handler(
             behaviour, request_deserializer=request.FromString, response_serializer=response.SerializeToString
         )
+        for name, (behaviour, request, response) in methods.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
@@ -63,27 +75,36 @@ NOOPS: dict[str, Callable[[grpc.aio.Server], None]] = {
     "consent": lambda server: _add(
         server,
         consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
-        "CheckConsent",
-        check_consent,
-        consent_pb2.CheckConsentRequest,
-        consent_pb2.CheckConsentResponse,
+        {"CheckConsent": (check_consent, consent_pb2.CheckConsentRequest, consent_pb2.CheckConsentResponse)},
     ),
     "profile": lambda server: _add(
         server,
         profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name,
-        "IngestEvents",
-        ingest_events,
-        profile_pb2.IngestEventsRequest,
-        profile_pb2.IngestEventsResponse,
+        {
+            "IngestEvents": (ingest_events, profile_pb2.IngestEventsRequest, profile_pb2.IngestEventsResponse),
+            "GetProfile": (get_profile, profile_pb2.GetProfileRequest, profile_pb2.Profile),
+        },
     ),
 }
 
 
-async def serve(port: int, service: str) -> None:
+class WorkerHealth(health.aio.HealthServicer):
+    """Health answers that name this worker, as a service worker's do (see ChannelPool.spread)."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Context) -> health_pb2.HealthCheckResponse:
+        await context.send_initial_metadata(((WORKER_HEADER, self.worker),))
+        return await super().Check(request, context)
+
+
+async def serve(port: int, service: str, worker: str = "") -> None:
     # The same options as tailor_platform.service.ServiceProcess uses.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if worker else 0)])
     NOOPS[service](server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = WorkerHealth(worker) if worker else health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -97,29 +118,41 @@ async def serve(port: int, service: str) -> None:
 
 
 @contextmanager
-def running_noop_server(log_file: Path, service: str = "consent", timeout_s: float = 30.0) -> Iterator[Server]:
-    """Start the no-op server as a process; yields it once it is SERVING."""
+def running_noop_server(
+    log_file: Path, service: str = "consent", *, workers: int = 1, timeout_s: float = 30.0
+) -> Iterator[Server]:
+    """Start the no-op server (`workers` processes sharing one port); yields it once each is SERVING.
+    The Server's pid is the first process's."""
     port = free_port()
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    arguments = (
+        [[str(port), service]] if workers == 1 else [[str(port), service, str(i), str(workers)] for i in range(workers)]
+    )
     with log_file.open("ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.noop_server", str(port), service],
-            cwd=REPO_ROOT,
-            stdout=output,
-            stderr=output,
-        )
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.noop_server", *args], cwd=REPO_ROOT, stdout=output, stderr=output
+            )
+            for args in arguments
+        ]
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
+        # With several workers this is the first to answer; a client spreading its connections
+        # (ChannelPool.spread_evenly) waits for the others.
         while health_status(address) != "SERVING":
-            if process.poll() is not None or time.monotonic() > deadline:
+            if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
                 raise RuntimeError(f"the no-op server did not start; see {log_file}")
             time.sleep(0.1)
-        yield Server(address, process.pid)
+        yield Server(address, processes[0].pid)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=10)
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "consent"))  # as every service runs
+    port, kind = int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "consent"
+    worker = f"{sys.argv[3]}/{sys.argv[4]}" if len(sys.argv) > 4 else ""
+    uvloop.run(serve(port, kind, worker))  # as every service runs

@@ -39,7 +39,8 @@ from bench.noop_server import running_noop_server
 INGEST_METHOD = "/tailor.profile.v1.ProfileService/IngestEvents"
 GET_METHOD = "/tailor.profile.v1.ProfileService/GetProfile"
 SEED = 20261125
-WORKERS = {"TAILOR_IDENTITY_WORKERS": "2", "TAILOR_PROFILE_WORKERS": "2"}
+PROFILE_WORKERS = 2
+WORKERS = {"TAILOR_IDENTITY_WORKERS": "2", "TAILOR_PROFILE_WORKERS": str(PROFILE_WORKERS)}
 """Two worker processes per service (2 cores). Every client keeps a connection per worker, spread
 over them (ChannelPool.spread: each load generator process, and profile's identity client)."""
 BATCH = 500
@@ -207,25 +208,35 @@ def get_profiles(platform: Platform, sizes: Sizes, report: Reporter) -> dict[str
         pb.GetProfileRequest(customer_id=rng.choice(customers)).SerializeToString() for _ in range(sizes.get_requests)
     ]
     running = platform.running["profile"]
-    spec = LoadSpec(
-        running.address,
+    with report.step(f"GetProfile, concurrency 8, {sizes.duration_s:g} s"):
+        result = run_load(_get_spec(running.address, requests, sizes), SCRATCH_DIR / "profile" / "load-get")
+    report.note(f"GetProfile c8: {result.qps:,.0f}/s, p50 {result.percentile_ms(0.5):.2f} ms")
+    step = report.step(f"no-op GetProfile, concurrency 8, {sizes.duration_s:g} s")
+    # As many no-op processes sharing a port as profile has workers: the same floor under the same spread.
+    noop_server = running_noop_server(SCRATCH_DIR / "profile" / "noop-get.log", "profile", workers=PROFILE_WORKERS)
+    with step, noop_server as noop:
+        baseline = run_load(_get_spec(noop.address, requests, sizes), SCRATCH_DIR / "profile" / "load-noop-get")
+    report.note(f"no-op GetProfile c8: {baseline.qps:,.0f}/s, p99 {baseline.percentile_ms(0.99):.2f} ms")
+    return {
+        "profile.get.p99_ms_c8": round(result.percentile_ms(0.99), 3),
+        "profile.get.qps_c8": round(result.qps, 1),
+        "profile.get.noop_p99_ms_c8": round(baseline.percentile_ms(0.99), 3),
+        "profile.get.noop_qps_c8": round(baseline.qps, 1),
+        "profile.stored_profiles": float(len(customers)),
+    }
+
+
+def _get_spec(address: str, requests: list[bytes], sizes: Sizes) -> LoadSpec:
+    return LoadSpec(
+        address,
         GET_METHOD,
         requests,
         8,
         2,
         warmup_s=sizes.warmup_s,
         duration_s=sizes.duration_s,
-        server_pid=running.process.pid,
         connections=2,
     )
-    with report.step(f"GetProfile, concurrency 8, {sizes.duration_s:g} s"):
-        result = run_load(spec, SCRATCH_DIR / "profile" / "load-get")
-    report.note(f"GetProfile c8: {result.qps:,.0f}/s, p50 {result.percentile_ms(0.5):.2f} ms")
-    return {
-        "profile.get.p99_ms_c8": round(result.percentile_ms(0.99), 3),
-        "profile.get.qps_c8": round(result.qps, 1),
-        "profile.stored_profiles": float(len(customers)),
-    }
 
 
 def run(context: Context) -> dict[str, float]:
@@ -275,6 +286,8 @@ BENCHMARK = Benchmark(
         Figure("profile.ingest.peak_rss_mb", "peak RSS of the profile service (its 2 workers summed)", "MB"),
         Figure("profile.get.p99_ms_c8", "GetProfile p99 latency, concurrency 8", "ms", at_most(10)),
         Figure("profile.get.qps_c8", "GetProfile QPS, concurrency 8", "/s"),
+        Figure("profile.get.noop_p99_ms_c8", "no-op GetProfile servicer p99 latency, same client and requests", "ms"),
+        Figure("profile.get.noop_qps_c8", "no-op GetProfile servicer QPS, same client and requests", "/s"),
         Figure("profile.stored_profiles", "profiles stored when GetProfile was measured", ""),
     ],
     notes=[
@@ -290,7 +303,10 @@ BENCHMARK = Benchmark(
         "No-op: a grpc.aio IngestEvents servicer in its own process that parses the batch and answers "
         "'accepted' per event, driven by the same client with the first batches.",
         "GetProfile: random stored profiles by customer id, 2 s warm-up then 10 s, concurrency 8, once profile's "
-        "consumers have caught up with the ingestion's identity.merged events and after VACUUM ANALYZE.",
+        "consumers have caught up with the ingestion's identity.merged events and after VACUUM ANALYZE. "
+        "Its no-op baseline: the same client and requests against a grpc.aio GetProfile servicer that answers "
+        "a profile holding only the customer id, in 2 processes sharing a port like profile's workers (the "
+        "floor of a Python gRPC call on this machine).",
         "Everything (PostgreSQL, NATS, identity, profile, the clients) shares the machine's cores. Identity "
         "and profile each run 2 worker processes (TAILOR_<SERVICE>_WORKERS=2) sharing their port; each client "
         "process (and profile's identity client) spreads its connections over the workers, one per worker "

@@ -6,10 +6,11 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
+import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from tailor_cli.embedded import EmbeddedPostgres
-from tailor_platform.db import Database, driver_connection, sqlstate
+from tailor_platform.db import Database, ReadPool, driver_connection, sqlstate
 
 
 async def test_a_database_restart_costs_no_caller_an_error(tmp_path: Path) -> None:
@@ -44,3 +45,36 @@ def test_sqlstate_of_errors_from_sqlalchemy_and_from_the_driver() -> None:
     assert sqlstate(deadlock) == "40P01"  # a Driver statement raises the driver's error as it is
     assert sqlstate(DBAPIError("SELECT 1", None, deadlock)) == "40P01"  # SQLAlchemy wraps it
     assert sqlstate(ValueError("not a database error")) is None
+
+
+async def test_reads_share_a_bounded_pool_and_survive_failed_and_cancelled_statements(tmp_path: Path) -> None:
+    """More reads at once than connections: they wait their turn, never opening more than the
+    pool's size. A failed or cancelled statement closes its connection (it may be mid-protocol) and
+    frees its slot for the reads waiting."""
+    postgres = EmbeddedPostgres(tmp_path)
+    dsn = postgres.start()
+    pool = ReadPool(dsn, 2)
+    try:
+        rows = await asyncio.gather(*(pool.fetchrow("SELECT $1::int AS n, pg_sleep(0.01)", n) for n in range(20)))
+        assert [row["n"] for row in rows if row is not None] == list(range(20))
+        assert pool.opened == 2
+
+        with pytest.raises(asyncpg.UndefinedColumnError):
+            await pool.fetchrow("SELECT no_such_column")
+        assert pool.opened == 1  # the failed one was closed
+
+        slow = [asyncio.create_task(pool.fetchrow("SELECT pg_sleep(5)")) for _ in range(2)]
+        waiting = asyncio.create_task(pool.fetchrow("SELECT 1 AS n"))  # no connection free: it waits
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        for task in slow:
+            task.cancel()
+        row = await asyncio.wait_for(waiting, timeout=5)  # a cancelled read's slot went to it
+        assert row is not None and row["n"] == 1
+        assert all(task.cancelled() for task in slow)
+        rows = await asyncio.gather(*(pool.fetchrow("SELECT $1::int AS n", n) for n in range(5)))
+        assert [row["n"] for row in rows if row is not None] == list(range(5))
+        assert pool.opened <= 2
+    finally:
+        await pool.close()
+        postgres.stop()

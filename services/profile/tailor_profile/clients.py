@@ -7,11 +7,20 @@ ingestion queues the batch, Customer 360 marks the section unavailable.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
+
 import grpc
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
 from tailor.identity.v1 import identity_pb2, identity_pb2_grpc
 from tailor_platform.channels import ChannelPool
 
+from tailor_profile.domain.unmerges import IdentifierKey
+
+T = TypeVar("T")
+LOOKUPS_IN_FLIGHT = 8
+"""Concurrent GetGraph lookups of one `owners` / `active_customers` call."""
 UNREACHABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -79,6 +88,41 @@ class IdentityClient(_Client):
             raise
         return graph.merged_into or graph.customer_id or None
 
+    async def owners(self, identifiers: Iterable[IdentifierKey]) -> dict[IdentifierKey, str]:
+        """The customer that owns each identifier now; identifiers identity does not know are
+        absent. One lookup per distinct identifier, a few at a time: this serves unmerges, which
+        are rare operator actions, not a hot path."""
+        keys = set(identifiers)
+        found = await _gather_limited(
+            [
+                self.customer_of(identity_pb2.Identifier(type=key.type, value=key.value, namespace=key.namespace))
+                for key in keys
+            ]
+        )
+        return {key: owner for key, owner in zip(keys, found, strict=True) if owner}
+
+    async def active_customers(self, customer_ids: Iterable[str]) -> dict[str, str]:
+        """The active customer each one is (itself) or is now part of, following merges;
+        customers identity does not know are absent."""
+        ids = list(dict.fromkeys(customer_ids))
+        found = await _gather_limited([self.active_customer(customer) for customer in ids])
+        return {customer: active for customer, active in zip(ids, found, strict=True) if active}
+
+    async def active_customer(self, customer_id: str) -> str | None:
+        seen: set[str] = set()
+        while customer_id not in seen:  # merged_into chains are short; a cycle would be a bug upstream
+            seen.add(customer_id)
+            try:
+                graph = await self.graph(identity_pb2.GetGraphRequest(customer_id=customer_id), self.timeout_s)
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    return None
+                raise
+            if graph.status != "merged" or not graph.merged_into:
+                return graph.customer_id
+            customer_id = graph.merged_into
+        return None
+
     async def graph(self, request: identity_pb2.GetGraphRequest, timeout_s: float) -> identity_pb2.GetGraphResponse:
         try:
             response: identity_pb2.GetGraphResponse = await (await self.stub()).GetGraph(request, timeout=timeout_s)
@@ -87,6 +131,16 @@ class IdentityClient(_Client):
                 raise self._unavailable(error) from error
             raise
         return response
+
+
+async def _gather_limited(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+    limit = asyncio.Semaphore(LOOKUPS_IN_FLIGHT)
+
+    async def one(call: Coroutine[Any, Any, T]) -> T:
+        async with limit:
+            return await call
+
+    return list(await asyncio.gather(*(one(call) for call in calls)))
 
 
 class ConsentClient(_Client):

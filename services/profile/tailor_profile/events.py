@@ -3,9 +3,10 @@
 Publishes `tailor.profile.updated` (through the outbox) with the traits that changed: on new events,
 merges and attribute updates, and when time alone changed them (a sweep on every replica finds the
 profiles whose rolling windows moved on; cause "time"). Consumes
-`tailor.ingest.events` (batches from channel adapters, handled like IngestEvents) and
+`tailor.ingest.events` (batches from channel adapters, handled like IngestEvents),
 `tailor.identity.merged` (fold absorbed customers into the survivor, a fetched batch of merges at
-once), both durable and once per message. Runs the resolver of events queued while identity was
+once) and `tailor.identity.unmerged` (give restored customers their events back), all durable and
+once per message. Runs the resolver of events queued while identity was
 unreachable on every replica.
 """
 

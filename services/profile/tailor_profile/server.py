@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field
 from tailor.profile.v1 import profile_pb2, profile_pb2_grpc
-from tailor_platform.bus.merges import identity_merges_subscription
+from tailor_platform.bus.merges import identity_merges_subscription, identity_unmerged_subscription
 from tailor_platform.config import ServiceSettings
 from tailor_platform.service import Components, Runtime, ServiceSpec
 
@@ -67,7 +67,11 @@ def build(runtime: Runtime) -> Components:
     return Components(
         register=lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(api, server),
         service_names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name],
-        subscriptions=[ingest_subscription(service), identity_merges_subscription(service.merge_many)],
+        subscriptions=[
+            ingest_subscription(service),
+            identity_merges_subscription(service.merge_many),
+            identity_unmerged_subscription(service.separate),
+        ],
         listeners=[wake_resolver],
         background=[resolve_pending, time_change_announcer(service, settings.profile_time_sweep_s)],
     )

@@ -24,10 +24,11 @@ from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.identity.v1.identity_pb2 import Identifier, ResolveRequest
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor_platform.bus.envelope import new_envelope
-from tailor_platform.bus.merges import Merge
+from tailor_platform.bus.merges import Merge, Unmerge
 from tailor_platform.bus.outbox import Outbox
 from tailor_platform.db import Database, sqlstate
 from tailor_platform.protobuf import now_timestamp
+from tailor_platform.validation import Validator
 
 from tailor_profile import events
 from tailor_profile.clients import IdentityClient, ServiceUnavailable
@@ -42,8 +43,10 @@ from tailor_profile.domain.traits import (
     combine,
     evaluate,
     prune,
+    replay,
 )
-from tailor_profile.intake import Candidate, Intake, Rejection, resolve_key, resolve_request
+from tailor_profile.domain.unmerges import IdentifierKey, StoredEventIds, alias_changes, event_moves
+from tailor_profile.intake import Candidate, Intake, Rejection, identity_records, resolve_key, resolve_request
 from tailor_profile.store import AttributeValue, EventRow, ProfileStore, SavedState, StoredEvent
 
 log = logging.getLogger(__name__)
@@ -293,7 +296,14 @@ class ProfileService:
     async def merge_many(self, session: AsyncSession, merges: Sequence[Merge]) -> None:
         """Fold absorbed customers into their survivors, exactly as if all their events had been
         ingested under the survivor (trait states are commutative, so combining them is exact).
-        A batch of merges is one round of set-based statements, whatever its size."""
+        A batch of merges is one round of set-based statements, whatever its size. A merge that
+        identity has reversed already (its unmerge was consumed first) is not applied."""
+        reversed_ids = await self.store.reversed_merges(session, [merge.merge_id for merge in merges])
+        if reversed_ids:
+            log.info("skipping %d merge(s) identity has reversed since", len(reversed_ids))
+            merges = [merge for merge in merges if merge.merge_id not in reversed_ids]
+            if not merges:
+                return
         plan = plan_merges(merges)
         if plan is None:  # a customer absorbed twice in the batch: one merge at a time
             for merge in merges:
@@ -327,6 +337,65 @@ class ProfileService:
                 envelopes.append(self._updated(survivor, changed, "merge", 0, at))
         await self.outbox.add_many(session, envelopes)
 
+    async def separate(self, session: AsyncSession, unmerge: Unmerge) -> None:
+        """Identity reversed a merge (or split identifiers off into a new customer): give each
+        customer back its events, by who owns their identifiers now (domain/unmerges.py), point
+        merge aliases where identity says, and rebuild the traits of every customer that gained
+        or lost events from its full timeline. Explicit attributes stay where they are (which
+        customer set each one is not recorded). Asks identity, so it fails (and the message is
+        retried) while identity is unreachable."""
+        if unmerge.merge_id:
+            await self.store.add_reversed_merge(session, unmerge.merge_id, unmerge.unmerge_id)
+        involved = sorted({unmerge.customer_id, *unmerge.restored_ids})
+        await self.store.lock_customers(session, involved)
+        events = [
+            StoredEventIds(event_id, customer, _identifier_keys(pb.Event.FromString(payload)))
+            for event_id, customer, payload in await self.store.events_of(session, involved)
+        ]
+        owner_of = await self.identity.owners(key for event in events for key in event.identifiers)
+        moves = event_moves(events, owner_of)
+        aliases = await self.store.aliases_involving(session, involved)
+        point, drop = alias_changes(await self.identity.active_customers(aliases))
+        gaining = set(moves.values()) - set(involved)
+        await self.store.lock_customers(session, gaining)  # customers the events move to beyond these
+        await self.store.move_events(session, moves)
+        await self.store.repoint_aliases(session, point, drop)
+        await self._rebuild(session, [*involved, *sorted(gaining)], "unmerge")
+        log.info(
+            "separated %s from %s: %d event(s) moved, %d alias(es) repointed, %d dropped",
+            ", ".join(unmerge.restored_ids),
+            unmerge.customer_id,
+            len(moves),
+            len(point),
+            len(drop),
+        )
+
+    async def _rebuild(self, session: AsyncSession, customers: Sequence[str], cause: str) -> None:
+        """Recompute the trait states of these (locked) customers from their full timelines and
+        announce what changed since their last announcement."""
+        saved = await self.store.load_states(session, customers)
+        now = int(datetime.now(UTC).timestamp())
+        facts: dict[str, list[EventFacts]] = {customer: [] for customer in customers}
+        for event_id, customer, payload in await self.store.events_of(session, customers):
+            fact = self.intake.facts(Validator(), pb.Event.FromString(payload), now)
+            if fact is None:  # stored when valid; only a since-removed currency could do this
+                log.error("stored event %s can no longer be read into traits; left out", event_id)
+                continue
+            facts[customer].append(fact)
+        states = {customer: replay(found, self.settings, now) for customer, found in facts.items() if found}
+        await self.store.delete_states(session, [customer for customer in customers if customer not in states])
+        await self.store.save_states(session, states, now)
+        empty = evaluate(TraitState(), now, self.settings).flat()
+        envelopes = []
+        at = now_timestamp()
+        for customer in customers:
+            state = states.get(customer)
+            after = evaluate(state, now, self.settings).flat() if state is not None else empty
+            changed = changed_traits(self._announced(saved.get(customer)), after)
+            if changed:
+                envelopes.append(self._updated(customer, changed, cause, 0, at))
+        await self.outbox.add_many(session, envelopes)
+
     # -- attributes and reads -------------------------------------------------------------------
 
     async def update_attributes(self, customer_id: str, values: Sequence[AttributeValue]) -> str:
@@ -356,6 +425,10 @@ class ProfileService:
         async with self.db.sessions() as session:
             customer_id = (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id)
             return customer_id, await self.store.timeline(session, customer_id, **filters)
+
+
+def _identifier_keys(event: pb.Event) -> list[IdentifierKey]:
+    return [IdentifierKey(i.type, i.value, i.namespace) for i in identity_records(event)]
 
 
 def _rejected(rejection: Rejection) -> EventOutcome:

@@ -81,6 +81,16 @@ customer_alias = Table(
     Column("merged_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+reversed_merge = Table(
+    "reversed_merge",
+    metadata,
+    # Merges identity reversed: an identity.merged message for one of them that arrives late (the
+    # merged and unmerged subjects have consumers of their own) must not merge the customers again.
+    Column("merge_id", String(128), primary_key=True),
+    Column("unmerge_id", String(128), nullable=False),
+    Column("reversed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 pending_event = Table(
     "pending_event",
     metadata,
@@ -275,6 +285,66 @@ class ProfileStore:
             absorbed,
             [final[customer] for customer in absorbed],
         )
+
+    # -- unmerges -----------------------------------------------------------------------------
+
+    async def events_of(self, session: AsyncSession, customer_ids: Sequence[str]) -> list[tuple[str, str, bytes]]:
+        """(event id, customer id, payload) of every event of these customers."""
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT event_id, customer_id, payload FROM event WHERE customer_id = ANY($1::text[])", list(customer_ids)
+        )
+        return [(row[0], row[1], bytes(row[2])) for row in rows]
+
+    async def move_events(self, session: AsyncSession, moves: Mapping[str, str]) -> None:
+        """Put each event (by id) on its new customer."""
+        if not moves:
+            return
+        driver = await driver_connection(session)
+        await driver.execute(
+            "UPDATE event e SET customer_id = m.customer FROM unnest($1::text[], $2::text[]) AS m(id, customer) "
+            "WHERE e.event_id = m.id",
+            list(moves),
+            list(moves.values()),
+        )
+
+    async def aliases_involving(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, str]:
+        """Absorbed id -> survivor, for the aliases of these customers or into them."""
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT absorbed_id, survivor_id FROM customer_alias "
+            "WHERE absorbed_id = ANY($1::text[]) OR survivor_id = ANY($1::text[])",
+            list(customer_ids),
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def repoint_aliases(self, session: AsyncSession, point: Mapping[str, str], drop: Sequence[str]) -> None:
+        """Point existing aliases at other survivors (keeping their merge ids); drop others."""
+        driver = await driver_connection(session)
+        if point:
+            await driver.execute(
+                "UPDATE customer_alias c SET survivor_id = m.survivor "
+                "FROM unnest($1::text[], $2::text[]) AS m(absorbed, survivor) WHERE c.absorbed_id = m.absorbed",
+                list(point),
+                list(point.values()),
+            )
+        if drop:
+            await driver.execute("DELETE FROM customer_alias WHERE absorbed_id = ANY($1::text[])", list(drop))
+
+    async def add_reversed_merge(self, session: AsyncSession, merge_id: str, unmerge_id: str) -> None:
+        driver = await driver_connection(session)
+        await driver.execute(
+            "INSERT INTO reversed_merge (merge_id, unmerge_id) VALUES ($1, $2) ON CONFLICT (merge_id) DO NOTHING",
+            merge_id,
+            unmerge_id,
+        )
+
+    async def reversed_merges(self, session: AsyncSession, merge_ids: Sequence[str]) -> set[str]:
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT merge_id FROM reversed_merge WHERE merge_id = ANY($1::text[])", list(set(merge_ids))
+        )
+        return {row[0] for row in rows}
 
     async def profile_of(self, db: Database, customer_id: str) -> tuple[str, TraitState | None, list[AttributeValue]]:
         """The customer (the survivor, if merged away), its trait state and attributes, in one

@@ -107,3 +107,28 @@ async def test_a_batch_of_merges_leaves_what_one_by_one_leaves(databases: tuple[
     everything_on_t = [event for customer in ("a", "s", "t", "d") for event in timelines[customer]]
     assert_traits_equal(expected["traits"]["t"], recomputed_traits(everything_on_t, moment))
     assert ("t", "city", "city-of-a") in expected["attributes"]  # the newest value wins
+
+
+async def test_a_merge_identity_reversed_before_it_was_consumed_is_not_applied(
+    databases: tuple[Database, Database],
+) -> None:
+    """identity.merged and identity.unmerged have consumers of their own: when the unmerge is
+    handled first, the late merge must not join the customers again; the other merges of its
+    batch still apply."""
+    rng = random.Random(12)
+    timelines = {customer: random_events(rng, f"{customer}@example.com", 5) for customer in CUSTOMERS}
+    now = datetime.now(UTC)
+    profile = service(databases[0])
+    await seed(profile, timelines, now)
+    before = await snapshot(profile, int(now.timestamp()))
+    async with profile.db.transaction() as session:
+        await profile.store.add_reversed_merge(session, "m1", "u1")
+    async with profile.db.transaction() as session:
+        await profile.merge_many(session, [Merge("s", ["a"], "m1")])
+    assert await snapshot(profile, int(now.timestamp())) == before
+
+    async with profile.db.transaction() as session:
+        await profile.merge_many(session, [Merge("s", ["a"], "m1"), Merge("c", ["b"], "m3")])
+    after = await snapshot(profile, int(now.timestamp()))
+    assert after["aliases"] == [("b", "c", "m3")]
+    assert {customer for _, customer in after["events"]} == set(CUSTOMERS) - {"b"}

@@ -307,6 +307,62 @@ def test_a_merge_in_identity_folds_the_absorbed_timeline_into_the_survivor(
     assert ingest(stub, [late]).results[0].customer_id == survivor
 
 
+def test_an_unmerge_in_identity_gives_each_customer_back_its_timeline_and_traits(
+    stub: Stub, identity: identity_pb2_grpc.IdentityServiceStub
+) -> None:
+    """After the merge, an event carrying only the absorbed customer's email resolved to the
+    survivor; once identity reverses the merge, it goes back with the absorbed customer's other
+    events, both profiles' traits are those of their own timelines, and new events land apart."""
+    rng = random.Random(8)
+    first, second = email(), email()
+    events = random_events(rng, first, 20) + random_events(rng, second, 20)
+    results = ingest(stub, events).results
+    survivor, absorbed = results[0].customer_id, results[20].customer_id
+    merge = identity.Merge(identity_pb2.MergeRequest(survivor_id=survivor, absorbed_ids=[absorbed], reason="test"))
+    wait_until(lambda: len(timeline(stub, survivor)) == 40)
+    late = make_event("order_completed", ago(hours=2), email=second, purchase=purchase(item(price=700)))
+    assert ingest(stub, [late]).results[0].customer_id == survivor
+
+    identity.Unmerge(identity_pb2.UnmergeRequest(customer_id=survivor, merge_id=merge.merge_id, reason="wrong"))
+
+    def separated() -> bool:  # until then, the absorbed id reads as the survivor (41 events)
+        return len(timeline(stub, absorbed)) == 21 and len(timeline(stub, survivor)) == 20
+
+    wait_until(separated)
+    assert stub.GetProfile(pb.GetProfileRequest(customer_id=absorbed)).customer_id == absorbed
+    for customer, own in ((survivor, events[:20]), (absorbed, [*events[20:], late])):
+        actual, now = trait_values(stub, customer)
+        assert_traits_equal(actual, json_format.MessageToDict(_struct(recomputed_traits(own, now))))
+    after = make_event("page_view", ago(hours=1), email=second)
+    assert ingest(stub, [after]).results[0].customer_id == absorbed
+
+
+def test_identifiers_split_off_in_identity_take_their_events_to_the_new_customer(
+    stub: Stub, identity: identity_pb2_grpc.IdentityServiceStub
+) -> None:
+    who, device = email(), f"device-{uuid.uuid4().hex[:8]}"
+    linking = make_event("page_view", ago(days=3), email=who)
+    linking.identifiers.anonymous_id = device
+    by_email_only = [make_event("page_view", ago(days=2, hours=i), email=who) for i in range(3)]
+    by_device_only = [make_event("product_view", ago(days=1, hours=i)) for i in range(4)]
+    for event in by_device_only:
+        event.identifiers.anonymous_id = device
+    results = ingest(stub, [linking, *by_email_only, *by_device_only]).results
+    customer = results[0].customer_id
+    assert {r.customer_id for r in results} == {customer}
+
+    split = identity.Unmerge(
+        identity_pb2.UnmergeRequest(
+            customer_id=customer, identifiers=[identity_pb2.Identifier(type="device_id", value=device)], reason="shared"
+        )
+    )
+    (new_customer,) = split.restored_ids
+    wait_until(lambda: len(timeline(stub, new_customer)) == 4)
+    assert len(timeline(stub, customer)) == 4  # the event that carried both stays with the email's owner
+    actual, now = trait_values(stub, new_customer)
+    assert_traits_equal(actual, json_format.MessageToDict(_struct(recomputed_traits(by_device_only, now))))
+
+
 def test_customer_360_gathers_graph_and_consents_and_marks_a_section_whose_service_is_down(
     platform: Platform, stub: Stub
 ) -> None:

@@ -1,5 +1,7 @@
-"""The `tailor.identity.merged` contract, which every service that holds customer data consumes:
-fold what it holds on the absorbed customers into the survivor, once per merge."""
+"""The `tailor.identity.merged` and `tailor.identity.unmerged` contracts, which services that hold
+customer data consume: fold what they hold on the absorbed customers into the survivor, once per
+merge; and give the restored customers back what is theirs when a merge is reversed (or
+identifiers are split off into a new customer)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
-from tailor.events.v1.identity_pb2 import IdentityMerged
+from tailor.events.v1.identity_pb2 import IdentityMerged, IdentityUnmerged
 
 from tailor_platform.bus.consumer import Subscription
 from tailor_platform.bus.envelope import PoisonMessage, unpack
 
 IDENTITY_MERGED_SUBJECT = "tailor.identity.merged"
+IDENTITY_UNMERGED_SUBJECT = "tailor.identity.unmerged"
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,16 @@ class Merge:
     survivor_id: str
     absorbed_ids: list[str]
     merge_id: str
+
+
+@dataclass(frozen=True)
+class Unmerge:
+    customer_id: str
+    """The customer the restored ones are separated from (the merge's survivor, or the one split)."""
+    restored_ids: list[str]
+    merge_id: str
+    """The merge reversed; empty for a split."""
+    unmerge_id: str
 
 
 Fold = Callable[[AsyncSession, str, list[str], str], Awaitable[object]]
@@ -59,3 +72,21 @@ def identity_merges_subscription(fold_many: FoldMany) -> Subscription:
         await fold_many(session, [merge_of(envelope) for envelope in envelopes])
 
     return Subscription.batched("identity-merged", IDENTITY_MERGED_SUBJECT, handle_batch)
+
+
+def unmerge_of(envelope: Envelope) -> Unmerge:
+    """The unmerge an envelope announces (PoisonMessage when it names no customer to restore)."""
+    unmerged = unpack(envelope, IdentityUnmerged)
+    restored = [customer for customer in unmerged.restored_ids if customer and customer != unmerged.customer_id]
+    if not unmerged.customer_id or not restored:
+        raise PoisonMessage("identity.unmerged needs a customer_id and at least one other restored id")
+    return Unmerge(unmerged.customer_id, restored, unmerged.merge_id, unmerged.unmerge_id or envelope.id)
+
+
+def identity_unmerged_subscription(separate: Callable[[AsyncSession, Unmerge], Awaitable[object]]) -> Subscription:
+    """A durable subscription that calls `separate(session, unmerge)` once per unmerge."""
+
+    async def handle(session: AsyncSession, envelope: Envelope) -> None:
+        await separate(session, unmerge_of(envelope))
+
+    return Subscription("identity-unmerged", IDENTITY_UNMERGED_SUBJECT, handle)

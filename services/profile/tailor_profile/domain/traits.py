@@ -288,7 +288,7 @@ def _add_buckets(a: dict[int, list[int]], b: dict[int, list[int]]) -> dict[int, 
 
 
 def replay(events: Iterable[EventFacts], settings: TraitSettings, now: int) -> TraitState:
-    """The state from scratch from a full timeline (for checks and tests; never on the hot path)."""
+    """The state from scratch from a full timeline (unmerges, checks and tests; never on the hot path)."""
     state = TraitState()
     for event in sorted(events, key=lambda e: (e.at, e.event_id)):
         apply(state, event, settings)

@@ -26,7 +26,7 @@ import multiprocessing.connection
 import os
 import signal
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +68,17 @@ class Runtime:
 @dataclass
 class Components:
     """What a service contributes: servicers (registered by `register`), the full names of its gRPC
-    services (for health and reflection), durable subscriptions, per-replica listeners, and
-    background tasks (started once the database and NATS are up, cancelled on shutdown)."""
+    services (for health and reflection), durable subscriptions, per-replica listeners, background
+    tasks (started once the database and NATS are up, cancelled on shutdown), and work to finish
+    on shutdown once the last call was served (what a service keeps in memory for a moment before
+    writing it, saved before the database is closed)."""
 
     register: Callable[[grpc.aio.Server], None]
     service_names: list[str]
     subscriptions: list[Subscription] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,11 @@ class ServiceProcess:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for finish in self.components.on_shutdown:
+            try:
+                await asyncio.wait_for(finish(), timeout=SHUTDOWN_STEP_S)
+            except Exception:
+                log.warning("a shutdown step of %s did not finish", self.spec.name, exc_info=True)
         if self.js is not None and self.nc is not None and self.nc.is_connected:
             try:
                 await asyncio.wait_for(self.outbox.flush(self.nc), timeout=SHUTDOWN_STEP_S)

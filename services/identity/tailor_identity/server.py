@@ -90,6 +90,7 @@ def build(runtime: Runtime) -> Components:
     return Components(
         register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(api, server),
         service_names=[identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name],
+        on_shutdown=[service.pattern_tally.flush],  # match pattern counts not yet saved
     )
 
 

@@ -95,8 +95,8 @@ class PatternTally:
     New counts are saved in the background, about once a second, in a short transaction of their
     own. Updating the shared counter rows inside every resolve transaction made concurrent batches
     queue on their row locks: it was the statement with the most time in PostgreSQL in the profile
-    benchmark. A crash loses the counts not yet saved, which only means EM learns from slightly
-    fewer pairs."""
+    benchmark. A graceful stop saves them (the service's shutdown step); a crash loses the
+    counts not yet saved, which only means EM learns from slightly fewer pairs."""
 
     def __init__(self, db: Database, store: IdentityStore) -> None:
         self.db = db

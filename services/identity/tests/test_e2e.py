@@ -8,6 +8,7 @@ import base64
 import json
 from collections.abc import Callable
 
+import asyncpg
 import grpc
 import nats
 import pytest
@@ -18,6 +19,7 @@ from tailor.identity.v1 import identity_pb2_grpc
 from tailor_cli.launcher import Platform
 from tailor_identity.cli import rekey
 from tailor_identity.domain.crypto import dev_key
+from tailor_platform.db import driver_url
 from tailor_platform.errors import field_violations
 from typer.testing import CliRunner
 
@@ -140,3 +142,22 @@ def test_key_rotation_with_the_rekey_command(start_platform: Callable[..., Platf
     platform.restart_service("identity")
     after = resolve()
     assert (after.customer_id, after.created) == (first.customer_id, False)
+
+
+async def test_a_graceful_stop_saves_the_match_pattern_counts_still_in_memory(platform: Platform) -> None:
+    """Pattern counts (EM's data) are saved about once a second; stopping right after a batch
+    that compared person records must not lose them."""
+    twins = [
+        pb.ResolveRequest(person=pb.PersonAttributes(given_name=name, surname="Lindqvist", date_of_birth="1980-04-02"))
+        for name in ("Annika", "Anika")
+    ]
+    async with grpc.aio.insecure_channel(platform.address("identity")) as channel:
+        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+        await stub.ResolveBatch(pb.ResolveBatchRequest(records=twins), timeout=10)
+    assert platform.stop_service("identity") == 0
+    connection = await asyncpg.connect(driver_url(platform.service_database_url("identity")))
+    try:
+        pairs = await connection.fetchval("SELECT coalesce(sum(pair_count), 0) FROM match_pattern")
+    finally:
+        await connection.close()
+    assert pairs >= 1

@@ -390,6 +390,8 @@ class ProfileService:
         at = now_timestamp()
         for customer in customers:
             state = states.get(customer)
+            if state is None and customer not in saved:
+                continue  # had no events and has none: nothing was ever announced, nothing changed
             after = evaluate(state, now, self.settings).flat() if state is not None else empty
             changed = changed_traits(self._announced(saved.get(customer)), after)
             if changed:

@@ -105,6 +105,7 @@ class ReadPool:
         self.size = size
         self._idle: list[asyncpg.Connection] = []
         self._opened = 0
+        self._closed = False
         # Reads waiting for a connection; each gets one, or None: a slot was freed, open one.
         self._waiting: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
 
@@ -124,6 +125,8 @@ class ReadPool:
         return row
 
     async def _take(self) -> asyncpg.Connection:
+        if self._closed:
+            raise asyncpg.InterfaceError("the read pool is closed")
         while True:
             while self._idle:
                 connection = self._idle.pop()
@@ -162,7 +165,12 @@ class ReadPool:
         self._pass_on(None)
 
     def _pass_on(self, lent: asyncpg.Connection | None) -> None:
-        """To the first read still waiting: a connection, or None (a free slot); else keep it."""
+        """To the first read still waiting: a connection, or None (a free slot); else keep it
+        (or, once the pool is closed, close it: a read that was running when it closed)."""
+        if self._closed and lent is not None:
+            lent.terminate()
+            self._opened -= 1
+            return
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
@@ -172,6 +180,9 @@ class ReadPool:
             self._idle.append(lent)
 
     async def close(self) -> None:
+        """Close the idle connections now and the ones lent out as they come back; reads after
+        this fail (the pool is done, like the process that owns it)."""
+        self._closed = True
         idle, self._idle = self._idle, []
         self._opened -= len(idle)
         await asyncio.gather(*(connection.close() for connection in idle), return_exceptions=True)

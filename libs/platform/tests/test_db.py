@@ -75,6 +75,14 @@ async def test_reads_share_a_bounded_pool_and_survive_failed_and_cancelled_state
         rows = await asyncio.gather(*(pool.fetchrow("SELECT $1::int AS n", n) for n in range(5)))
         assert [row["n"] for row in rows if row is not None] == list(range(5))
         assert pool.opened <= 2
+
+        running = asyncio.create_task(pool.fetchrow("SELECT pg_sleep(0.2)"))
+        await asyncio.sleep(0.05)
+        await pool.close()  # the idle connection closes now, the running one when its read ends
+        await running
+        assert pool.opened == 0
+        with pytest.raises(asyncpg.InterfaceError):
+            await pool.fetchrow("SELECT 1")
     finally:
         await pool.close()
         postgres.stop()

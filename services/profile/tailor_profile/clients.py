@@ -80,13 +80,8 @@ class IdentityClient(_Client):
 
     async def customer_of(self, identifier: identity_pb2.Identifier) -> str | None:
         """The customer an identifier belongs to, or None when identity does not know it."""
-        try:
-            graph = await self.graph(identity_pb2.GetGraphRequest(identifier=identifier), self.timeout_s)
-        except grpc.aio.AioRpcError as error:
-            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                return None
-            raise
-        return graph.merged_into or graph.customer_id or None
+        graph = await self._known_graph(identity_pb2.GetGraphRequest(identifier=identifier))
+        return (graph.merged_into or graph.customer_id or None) if graph is not None else None
 
     async def owners(self, identifiers: Iterable[IdentifierKey]) -> dict[IdentifierKey, str]:
         """The customer that owns each identifier now; identifiers identity does not know are
@@ -112,16 +107,22 @@ class IdentityClient(_Client):
         seen: set[str] = set()
         while customer_id not in seen:  # merged_into chains are short; a cycle would be a bug upstream
             seen.add(customer_id)
-            try:
-                graph = await self.graph(identity_pb2.GetGraphRequest(customer_id=customer_id), self.timeout_s)
-            except grpc.aio.AioRpcError as error:
-                if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                    return None
-                raise
+            graph = await self._known_graph(identity_pb2.GetGraphRequest(customer_id=customer_id))
+            if graph is None:
+                return None
             if graph.status != "merged" or not graph.merged_into:
                 return graph.customer_id
             customer_id = graph.merged_into
         return None
+
+    async def _known_graph(self, request: identity_pb2.GetGraphRequest) -> identity_pb2.GetGraphResponse | None:
+        """The graph, or None when identity does not know the customer or identifier asked about."""
+        try:
+            return await self.graph(request, self.timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return None
+            raise
 
     async def graph(self, request: identity_pb2.GetGraphRequest, timeout_s: float) -> identity_pb2.GetGraphResponse:
         try:

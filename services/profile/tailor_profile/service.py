@@ -348,19 +348,20 @@ class ProfileService:
             await self.store.add_reversed_merge(session, unmerge.merge_id, unmerge.unmerge_id)
         involved = sorted({unmerge.customer_id, *unmerge.restored_ids})
         await self.store.lock_customers(session, involved)
-        events = [
-            StoredEventIds(event_id, customer, _identifier_keys(pb.Event.FromString(payload)))
-            for event_id, customer, payload in await self.store.events_of(session, involved)
-        ]
-        owner_of = await self.identity.owners(key for event in events for key in event.identifiers)
-        moves = event_moves(events, owner_of)
+        stored = await self._events_of(session, involved)
+        carried = [StoredEventIds(event_id, customer, _identifier_keys(event)) for event_id, customer, event in stored]
+        owner_of = await self.identity.owners(key for event in carried for key in event.identifiers)
+        moves = event_moves(carried, owner_of)
         aliases = await self.store.aliases_involving(session, involved)
         point, drop = alias_changes(await self.identity.active_customers(aliases))
-        gaining = set(moves.values()) - set(involved)
+        gaining = sorted(set(moves.values()) - set(involved))
         await self.store.lock_customers(session, gaining)  # customers the events move to beyond these
         await self.store.move_events(session, moves)
         await self.store.repoint_aliases(session, point, drop)
-        await self._rebuild(session, [*involved, *sorted(gaining)], "unmerge")
+        timelines: dict[str, list[pb.Event]] = {customer: [] for customer in [*involved, *gaining]}
+        for event_id, customer, event in [*stored, *await self._events_of(session, gaining)]:
+            timelines[moves.get(event_id, customer)].append(event)
+        await self._rebuild(session, timelines, "unmerge")
         log.info(
             "separated %s from %s: %d event(s) moved, %d alias(es) repointed, %d dropped",
             ", ".join(unmerge.restored_ids),
@@ -370,18 +371,28 @@ class ProfileService:
             len(drop),
         )
 
-    async def _rebuild(self, session: AsyncSession, customers: Sequence[str], cause: str) -> None:
+    async def _events_of(self, session: AsyncSession, customers: Sequence[str]) -> list[tuple[str, str, pb.Event]]:
+        if not customers:
+            return []
+        return [
+            (event_id, customer, pb.Event.FromString(payload))
+            for event_id, customer, payload in await self.store.events_of(session, customers)
+        ]
+
+    async def _rebuild(self, session: AsyncSession, timelines: dict[str, list[pb.Event]], cause: str) -> None:
         """Recompute the trait states of these (locked) customers from their full timelines and
         announce what changed since their last announcement."""
+        customers = list(timelines)
         saved = await self.store.load_states(session, customers)
         now = int(datetime.now(UTC).timestamp())
         facts: dict[str, list[EventFacts]] = {customer: [] for customer in customers}
-        for event_id, customer, payload in await self.store.events_of(session, customers):
-            fact = self.intake.facts(Validator(), pb.Event.FromString(payload), now)
-            if fact is None:  # stored when valid; only a since-removed currency could do this
-                log.error("stored event %s can no longer be read into traits; left out", event_id)
-                continue
-            facts[customer].append(fact)
+        for customer, timeline in timelines.items():
+            for event in timeline:
+                fact = self.intake.facts(Validator(), event, now)
+                if fact is None:  # stored when valid; only a since-removed currency could do this
+                    log.error("stored event %s can no longer be read into traits; left out", event.id)
+                    continue
+                facts[customer].append(fact)
         states = {customer: replay(found, self.settings, now) for customer, found in facts.items() if found}
         await self.store.delete_states(session, [customer for customer in customers if customer not in states])
         await self.store.save_states(session, states, now)

@@ -40,11 +40,10 @@ class StoredEventIds(NamedTuple):
 
 def owner_now(customer_id: str, identifiers: Sequence[IdentifierKey], owner_of: Mapping[IdentifierKey, str]) -> str:
     """The customer an event on `customer_id` belongs to, given the owners identity knows."""
-    owners = [owner_of[key] for key in identifiers if key in owner_of]
-    if not owners or customer_id in owners:
+    known = [key for key in identifiers if key in owner_of]
+    if not known or any(owner_of[key] == customer_id for key in known):
         return customer_id
-    strongest = min((key for key in identifiers if key in owner_of), key=lambda key: _RANK.get(key.type, len(PRIORITY)))
-    return owner_of[strongest]
+    return owner_of[min(known, key=lambda key: _RANK.get(key.type, len(PRIORITY)))]
 
 
 def event_moves(events: Iterable[StoredEventIds], owner_of: Mapping[IdentifierKey, str]) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """identity -> NATS -> consent: when identity merges two customers, consent folds the absorbed
-customer's consents into the survivor (the identity.merged contract), end to end with both
-services as real processes."""
+customer's consents into the survivor (the identity.merged contract), and when an operator reverses
+the merge, each gets back its own (identity.unmerged); end to end with both services as real
+processes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def platform(start_platform: Callable[..., Platform]) -> Platform:
     return start_platform(["consent", "identity"])
 
 
-async def test_identity_merge_moves_consent_to_the_survivor(platform: Platform) -> None:
+async def test_identity_merge_moves_consent_to_the_survivor_and_unmerge_takes_it_back(platform: Platform) -> None:
     async with (
         grpc.aio.insecure_channel(platform.address("identity")) as identity_channel,
         grpc.aio.insecure_channel(platform.address("consent")) as consent_channel,
@@ -65,3 +66,20 @@ async def test_identity_merge_moves_consent_to_the_survivor(platform: Platform) 
             await asyncio.sleep(0.2)
         else:
             raise AssertionError("consent never saw the merge")
+
+        graph = await identity.GetGraph(identity_pb2.GetGraphRequest(customer_id=shop.customer_id), timeout=10)
+        [merge] = graph.merges
+        await identity.Unmerge(
+            identity_pb2.UnmergeRequest(customer_id=shop.customer_id, merge_id=merge.merge_id, reason="two people"),
+            timeout=10,
+        )
+        for _ in range(100):  # the survivor only had the grant from the customer it absorbed
+            decision = await consent.CheckConsent(check, timeout=5)
+            if not decision.allowed:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("consent never saw the unmerge")
+        assert decision.reason == "no_consent_recorded"
+        own = consent_pb2.CheckConsentRequest(customer_id=app.customer_id, purpose="marketing", channel="email")
+        assert (await consent.CheckConsent(own, timeout=5)).allowed

@@ -146,4 +146,5 @@ def audit_entry(sequence: int, cause: str, record: ConsentRecord) -> pb.AuditEnt
         request_id=record.request_id,
         cause=cause,
         recorded_at=timestamp(record.updated_at),
+        removed=record.removed,
     )

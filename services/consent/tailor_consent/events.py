@@ -1,15 +1,15 @@
 """What consent publishes and consumes.
 
 Publishes `tailor.consent.changed` (through the outbox) for every change of a customer's consent.
-Consumes `tailor.identity.merged` (durable, once per merge; the subscription is
-tailor_platform.bus.merges', the fold is ConsentService.merge) and listens to
+Consumes `tailor.identity.merged` and `tailor.identity.unmerged` (durable, once per merge or
+unmerge; the subscriptions are tailor_platform.bus.merges', the handlers ConsentService.merge and
+ConsentService.separate) and listens to
 `tailor.consent.changed` on every replica to keep its CheckConsent cache exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.consent_pb2 import ConsentChanged
@@ -20,9 +20,6 @@ from tailor_platform.bus.outbox import Outbox
 
 from tailor_consent.domain.cache import ConsentCache
 from tailor_consent.domain.model import Cause, ConsentRecord
-
-if TYPE_CHECKING:
-    pass
 
 CONSENT_CHANGED = "consent.changed"
 CONSENT_CHANGED_SUBJECT = "tailor.consent.changed"
@@ -38,6 +35,7 @@ def consent_changed(record: ConsentRecord, cause: Cause) -> ConsentChanged:
         legal_basis=record.legal_basis,
         policy_version=record.policy_version,
         cause=cause.value,
+        removed=record.removed,
     )
     message.changed_at.FromDatetime(record.updated_at)
     return message

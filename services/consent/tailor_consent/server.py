@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
-from tailor_platform.bus.merges import identity_merged_subscription
+from tailor_platform.bus.merges import identity_merged_subscription, identity_unmerged_subscription
 from tailor_platform.config import ServiceSettings
 from tailor_platform.service import Components, Runtime, ServiceSpec
 
@@ -42,7 +42,7 @@ def build(runtime: Runtime) -> Components:
     return Components(
         register=lambda server: consent_pb2_grpc.add_ConsentServiceServicer_to_server(api, server),
         service_names=[consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name],
-        subscriptions=[identity_merged_subscription(service.merge)],
+        subscriptions=[identity_merged_subscription(service.merge), identity_unmerged_subscription(service.separate)],
         listeners=[cache_listener(cache)],
     )
 

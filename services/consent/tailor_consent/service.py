@@ -7,14 +7,22 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from tailor_platform.bus.merges import Unmerge
 from tailor_platform.bus.outbox import Outbox
 from tailor_platform.db import Database
 from tailor_platform.errors import AlreadyExists
 
 from tailor_consent import events
 from tailor_consent.domain.cache import ConsentCache, Records
-from tailor_consent.domain.model import Cause, ConsentRecord, Decision
+from tailor_consent.domain.model import Cause, ConsentRecord, Decision, Key
 from tailor_consent.domain.rules import decide, merge_consents
+from tailor_consent.domain.unmerges import (
+    inherited_withdrawals,
+    merge_request_id,
+    removal,
+    revert_merge,
+    unmerge_request_id,
+)
 from tailor_consent.store import ConsentStore
 
 
@@ -89,24 +97,94 @@ class ConsentService:
         self, session: AsyncSession, survivor_id: str, absorbed_ids: Sequence[str], merge_id: str
     ) -> list[ConsentRecord]:
         """Fold the absorbed customers' consents into the survivor, in the caller's transaction
-        (the identity.merged consumer's, which also records the message as processed)."""
+        (the identity.merged consumer's, which also records the message as processed). A merge
+        identity has already reversed (its identity.unmerged came first) is not applied."""
+        if await self.store.is_reversed(session, merge_id):
+            return []
         everything = await self.store.records_of(session, [survivor_id, *absorbed_ids])
         survivor = [record for record in everything if record.customer_id == survivor_id]
         absorbed = [record for record in everything if record.customer_id != survivor_id]
         now = datetime.now(UTC)
         changes = [
-            replace(
-                taken,
-                customer_id=survivor_id,
-                # Now, not the original time: the combination is what the survivor holds from now on.
-                updated_at=now,
-                request_id=f"merge:{merge_id}:{taken.customer_id}:{taken.purpose}:{taken.channel}",
-            )
+            # Now, not the original time: the combination is what the survivor holds from now on.
+            replace(taken, customer_id=survivor_id, updated_at=now, request_id=merge_request_id(merge_id, taken))
             for taken in merge_consents(survivor, absorbed)
         ]
-        await self.store.append_audit(session, changes, Cause.MERGE)
-        await self.store.upsert_current(session, changes)
-        await events.publish_changes(self.outbox, session, changes, Cause.MERGE)
-        # consent.changed invalidates again once committed and relayed; this closes the gap here.
-        self.cache.invalidate(survivor_id)
-        return changes
+        await self.store.record_merge(session, merge_id, survivor_id, absorbed_ids, now)
+        return await self._apply(session, changes, Cause.MERGE)
+
+    async def separate(self, session: AsyncSession, unmerge: Unmerge) -> list[ConsentRecord]:
+        """Follow identity.unmerged, in the consumer's transaction: a reversed merge gives the
+        survivor back what it held without it; the restored customers (and a customer split off)
+        take the withdrawals that cannot be attributed (domain/unmerges.py)."""
+        survivor_id = unmerge.customer_id
+        changes: list[ConsentRecord] = []
+        since = None
+        if unmerge.merge_id:
+            if not await self.store.add_reversed(session, unmerge.merge_id, unmerge.unmerge_id):
+                return []
+            applied = await self.store.applied_merge(session, unmerge.merge_id)
+            if applied is not None:  # None: the merge never reached us, and now never will
+                since = applied.applied_at
+                changes += await self._revert(session, survivor_id, unmerge)
+        survivor_audit = await self.store.audit_of(session, survivor_id)
+        records = await self.store.records_of(session, [survivor_id, *unmerge.restored_ids])
+        held: dict[str, dict[Key, ConsentRecord]] = {customer: {} for customer in unmerge.restored_ids}
+        for record in records:
+            if record.customer_id != survivor_id:
+                held[record.customer_id][record.key] = record
+        copies = inherited_withdrawals(
+            [record for record in records if record.customer_id == survivor_id],
+            {entry.record.request_id: entry.cause for entry in survivor_audit},
+            held,
+            since=since,
+            own_only=bool(unmerge.merge_id),
+        )
+        inherited = [
+            replace(copy, request_id=unmerge_request_id(unmerge.unmerge_id, copy.customer_id, copy.key))
+            for copy in copies
+        ]
+        return changes + await self._apply(session, inherited, Cause.UNMERGE)
+
+    async def _revert(self, session: AsyncSession, survivor_id: str, unmerge: Unmerge) -> list[ConsentRecord]:
+        """The survivor's keys the reversed merge still decides, given back (or removed). Called
+        once the reversal is recorded, so the merge no longer counts among those still applied."""
+        still_merged = await self.store.merged_into(session, survivor_id)
+        everything = await self.store.records_of(session, [survivor_id, *still_merged])
+        current = {record.key: record for record in everything if record.customer_id == survivor_id}
+        reverted = revert_merge(
+            unmerge.merge_id,
+            await self.store.audit_of(session, survivor_id),
+            current,
+            [record for record in everything if record.customer_id != survivor_id],
+        )
+        now = datetime.now(UTC)
+        announced: dict[Key, ConsentRecord] = {}
+        replacements: list[tuple[Key, str, ConsentRecord | None]] = []
+        for item in reverted:
+            request_id = unmerge_request_id(unmerge.unmerge_id, survivor_id, item.key)
+            if item.restored is None:
+                announced[item.key] = removal(survivor_id, item.key, now, request_id)
+                replacements.append((item.key, item.takeover.request_id, None))
+            else:
+                announced[item.key] = replace(item.restored, customer_id=survivor_id, request_id=request_id)
+                replacements.append((item.key, item.takeover.request_id, announced[item.key]))
+        done = await self.store.replace_current(session, survivor_id, replacements)
+        return await self._apply(
+            session, [record for key, record in announced.items() if key in done], Cause.UNMERGE, written=True
+        )
+
+    async def _apply(
+        self, session: AsyncSession, changes: Sequence[ConsentRecord], cause: Cause, *, written: bool = False
+    ) -> list[ConsentRecord]:
+        """Make changes current (those not older than what is stored; unless `written` already),
+        audit and announce them, in a consumer's transaction. consent.changed invalidates the
+        caches again once committed and relayed; invalidating here closes the gap until then."""
+        if not written:
+            current = set(await self.store.upsert_current(session, changes))
+            changes = [change for change in changes if (change.customer_id, *change.key) in current]
+        await self.store.append_audit(session, changes, cause)
+        await events.publish_changes(self.outbox, session, changes, cause)
+        for customer_id in {change.customer_id for change in changes}:
+            self.cache.invalidate(customer_id)
+        return list(changes)

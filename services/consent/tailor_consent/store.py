@@ -5,13 +5,31 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Identity, Index, MetaData, String, select, tuple_
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Delete,
+    Identity,
+    Index,
+    MetaData,
+    String,
+    Update,
+    delete,
+    false,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from tailor_platform.db import NAMING_CONVENTION
 
-from tailor_consent.domain.model import Cause, ConsentRecord
+from tailor_consent.domain.model import Cause, ConsentRecord, Key
+from tailor_consent.domain.unmerges import AuditEntry
 
 CustomerKey = tuple[str, str, str]
 """(customer_id, purpose, channel)"""
@@ -67,6 +85,7 @@ class AuditRow(Base):
     request_id: Mapped[str] = mapped_column(String(200), unique=True)
     cause: Mapped[str] = mapped_column(String(16))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    removed: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     def record(self) -> ConsentRecord:
         return ConsentRecord(
@@ -79,7 +98,30 @@ class AuditRow(Base):
             self.policy_version,
             self.recorded_at,
             self.request_id,
+            self.removed,
         )
+
+
+class AppliedMergeRow(Base):
+    """Merges folded in (what a reversal needs: when, and who else is merged into a survivor)."""
+
+    __tablename__ = "applied_merge"
+    __table_args__ = (Index("ix_applied_merge_survivor_id", "survivor_id"),)
+
+    merge_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    survivor_id: Mapped[str] = mapped_column(String(128))
+    absorbed_ids: Mapped[list[str]] = mapped_column(ARRAY(String(128)))
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReversedMergeRow(Base):
+    """Merges identity reversed (an identity.merged for one of them arriving late is not applied)."""
+
+    __tablename__ = "reversed_merge"
+
+    merge_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    unmerge_id: Mapped[str] = mapped_column(String(128))
+    reversed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 def _columns(record: ConsentRecord) -> dict[str, object]:
@@ -113,7 +155,12 @@ class ConsentStore:
             return set()
         inserted = await session.scalars(
             insert(AuditRow)
-            .values([{**_columns(r), "cause": cause.value, "recorded_at": r.updated_at} for r in records])
+            .values(
+                [
+                    {**_columns(r), "cause": cause.value, "recorded_at": r.updated_at, "removed": r.removed}
+                    for r in records
+                ]
+            )
             .on_conflict_do_nothing(index_elements=["request_id"])
             .returning(AuditRow.request_id)
         )
@@ -160,3 +207,72 @@ class ConsentStore:
             select(ConsentRow).where(tuple_(ConsentRow.customer_id, ConsentRow.purpose, ConsentRow.channel).in_(keys))
         )
         return [row.record() for row in rows]
+
+    async def audit_of(self, session: AsyncSession, customer_id: str) -> list[AuditEntry]:
+        """A customer's whole audit log, oldest first (a reversal replays it)."""
+        rows = await session.scalars(
+            select(AuditRow).where(AuditRow.customer_id == customer_id).order_by(AuditRow.sequence)
+        )
+        return [AuditEntry(row.sequence, row.cause, row.record()) for row in rows]
+
+    async def replace_current(
+        self, session: AsyncSession, customer_id: str, replacements: Sequence[tuple[Key, str, ConsentRecord | None]]
+    ) -> set[Key]:
+        """(key, expected request id, record or None to remove): replace (or remove) the customer's
+        record for the key, but only while it is still the expected one (a change made meanwhile
+        wins). Returns the keys replaced."""
+        done = set()
+        for (purpose, channel), expected, record in replacements:
+            where = (
+                ConsentRow.customer_id == customer_id,
+                ConsentRow.purpose == purpose,
+                ConsentRow.channel == channel,
+                ConsentRow.request_id == expected,
+            )
+            statement: Delete | Update
+            if record is None:
+                statement = delete(ConsentRow).where(*where)
+            else:
+                statement = update(ConsentRow).where(*where).values(**_columns(record), updated_at=record.updated_at)
+            if (await session.execute(statement.returning(ConsentRow.purpose))).first() is not None:
+                done.add((purpose, channel))
+        return done
+
+    # -- merges and their reversals -------------------------------------------------------------
+
+    async def record_merge(
+        self, session: AsyncSession, merge_id: str, survivor_id: str, absorbed_ids: Sequence[str], at: datetime
+    ) -> None:
+        await session.execute(
+            insert(AppliedMergeRow)
+            .values(merge_id=merge_id, survivor_id=survivor_id, absorbed_ids=list(absorbed_ids), applied_at=at)
+            .on_conflict_do_nothing(index_elements=["merge_id"])
+        )
+
+    async def applied_merge(self, session: AsyncSession, merge_id: str) -> AppliedMergeRow | None:
+        return await session.get(AppliedMergeRow, merge_id)
+
+    async def merged_into(self, session: AsyncSession, survivor_id: str) -> list[str]:
+        """The customers merged into this survivor by merges that are not reversed."""
+        rows = await session.scalars(
+            select(func.unnest(AppliedMergeRow.absorbed_ids)).where(
+                AppliedMergeRow.survivor_id == survivor_id,
+                ~select(ReversedMergeRow.merge_id)
+                .where(ReversedMergeRow.merge_id == AppliedMergeRow.merge_id)
+                .exists(),
+            )
+        )
+        return list(rows)
+
+    async def is_reversed(self, session: AsyncSession, merge_id: str) -> bool:
+        return await session.get(ReversedMergeRow, merge_id) is not None
+
+    async def add_reversed(self, session: AsyncSession, merge_id: str, unmerge_id: str) -> bool:
+        """Record the reversal; False when it was recorded already."""
+        added = await session.scalars(
+            insert(ReversedMergeRow)
+            .values(merge_id=merge_id, unmerge_id=unmerge_id)
+            .on_conflict_do_nothing(index_elements=["merge_id"])
+            .returning(ReversedMergeRow.merge_id)
+        )
+        return added.first() is not None

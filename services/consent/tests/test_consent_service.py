@@ -20,7 +20,7 @@ from tailor.consent.v1 import consent_pb2 as pb
 from tailor.consent.v1 import consent_pb2_grpc
 from tailor.events.v1.consent_pb2 import ConsentChanged
 from tailor.events.v1.envelope_pb2 import Envelope
-from tailor.events.v1.identity_pb2 import IdentityMerged
+from tailor.events.v1.identity_pb2 import IdentityMerged, IdentityUnmerged
 from tailor_cli.launcher import Platform, health_status
 from tailor_platform.bus.envelope import new_envelope, unpack
 from tailor_platform.db import driver_url
@@ -230,11 +230,35 @@ async def publish(nats_url: str, subject: str, payload: bytes, msg_id: str) -> N
         await connection.close()
 
 
-def merged_envelope(survivor: str, absorbed: list[str]) -> Envelope:
+def merged_envelope(survivor: str, absorbed: list[str], merge_id: str = "") -> Envelope:
     event = IdentityMerged(
-        survivor_id=survivor, absorbed_ids=absorbed, evidence="shared email", merge_id=uuid.uuid4().hex
+        survivor_id=survivor, absorbed_ids=absorbed, evidence="shared email", merge_id=merge_id or uuid.uuid4().hex
     )
     return new_envelope("identity.merged", "identity", event, customer_id=survivor)
+
+
+def unmerged_envelope(customer_id: str, restored: list[str], merge_id: str) -> Envelope:
+    event = IdentityUnmerged(
+        customer_id=customer_id, restored_ids=restored, merge_id=merge_id, unmerge_id=uuid.uuid4().hex
+    )
+    return new_envelope("identity.unmerged", "identity", event, customer_id=customer_id)
+
+
+def deliver(platform: Platform, envelope: Envelope, subject: str, times: int = 1) -> None:
+    """Publish as identity's outbox relay does; more than once to act out a redelivery."""
+    assert platform.nats_url is not None
+    for attempt in range(times):
+        asyncio.run(publish(platform.nats_url, subject, envelope.SerializeToString(), f"{envelope.id}-{attempt}"))
+
+
+def reason(stub: consent_pb2_grpc.ConsentServiceStub, customer_id: str, purpose: str, channel: str = "") -> str:
+    request = pb.CheckConsentRequest(customer_id=customer_id, purpose=purpose, channel=channel)
+    return str(stub.CheckConsent(request).reason)
+
+
+def entries(stub: consent_pb2_grpc.ConsentServiceStub, customer_id: str, cause: str) -> list[pb.AuditEntry]:
+    history = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=customer_id))
+    return [entry for entry in history.entries if entry.cause == cause]
 
 
 def test_identity_merged_folds_consents_most_restrictively_once(
@@ -276,6 +300,76 @@ def test_identity_merged_folds_consents_most_restrictively_once(
         )
         == 2
     )
+
+
+def test_identity_unmerged_gives_each_customer_back_its_own_consents(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    survivor, absorbed = customer(), customer()
+    stub.SetConsent(set_request(survivor, "marketing", "email", True))
+    stub.SetConsent(set_request(absorbed, "marketing", "email", False))  # wins in the merge
+    stub.SetConsent(set_request(absorbed, "personalization", "web", True))  # the survivor had none
+    merge = merged_envelope(survivor, [absorbed])
+    deliver(platform, merge, "tailor.identity.merged")
+    wait_until(lambda: allowed(stub, survivor, "personalization", "web"))
+    assert not allowed(stub, survivor, "marketing", "email")
+    # While they are one customer, a withdrawal that may come from either person.
+    stub.SetConsent(set_request(survivor, "marketing", "sms", False))
+
+    merge_id = unpack(merge, IdentityMerged).merge_id
+    deliver(platform, unmerged_envelope(survivor, [absorbed], merge_id), "tailor.identity.unmerged", times=2)
+
+    wait_until(lambda: allowed(stub, survivor, "marketing", "email"))  # its own grant is back
+    assert reason(stub, survivor, "personalization", "web") == "no_consent_recorded"
+    assert allowed(stub, absorbed, "personalization", "web")
+    assert reason(stub, absorbed, "marketing", "email") == "withdrawn"
+    assert reason(stub, absorbed, "marketing", "sms") == "withdrawn"  # the unattributable withdrawal
+    assert reason(stub, survivor, "marketing", "sms") == "withdrawn"
+    time.sleep(0.5)  # give a wrongful second application the chance to show up
+    reverted = entries(stub, survivor, "unmerge")
+    assert sorted((e.purpose, e.channel, e.granted, e.removed) for e in reverted) == [
+        ("marketing", "email", True, False),
+        ("personalization", "web", False, True),
+    ]
+    assert [(e.purpose, e.channel) for e in entries(stub, absorbed, "unmerge")] == [("marketing", "sms")]
+    own = stub.GetConsents(pb.GetConsentsRequest(customer_id=survivor)).consents
+    assert sorted((c.purpose, c.channel) for c in own) == [("marketing", "email"), ("marketing", "sms")]
+
+
+def test_a_merge_reversed_before_it_arrived_is_never_applied(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    survivor, absorbed = customer(), customer()
+    stub.SetConsent(set_request(absorbed, "marketing", "email", True))
+    merge = merged_envelope(survivor, [absorbed])
+    deliver(
+        platform,
+        unmerged_envelope(survivor, [absorbed], unpack(merge, IdentityMerged).merge_id),
+        "tailor.identity.unmerged",
+    )
+    time.sleep(0.5)  # the unmerge consumer records the reversal
+    deliver(platform, merge, "tailor.identity.merged")
+    later, witness = customer(), customer()
+    stub.SetConsent(set_request(witness, "analytics", "", True))
+    deliver(platform, merged_envelope(later, [witness]), "tailor.identity.merged")
+    wait_until(lambda: allowed(stub, later, "analytics"))  # merges are consumed in order: the late one is done
+
+    assert reason(stub, survivor, "marketing", "email") == "no_consent_recorded"
+    assert entries(stub, survivor, "merge") == []
+
+
+def test_a_customer_split_off_takes_the_withdrawals_but_no_grant(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    split_from, split_off = customer(), customer()
+    stub.SetConsent(set_request(split_from, "marketing", "", False))
+    stub.SetConsent(set_request(split_from, "analytics", "", True))
+
+    deliver(platform, unmerged_envelope(split_from, [split_off], merge_id=""), "tailor.identity.unmerged")
+
+    wait_until(lambda: reason(stub, split_off, "marketing", "email") == "withdrawn")
+    assert reason(stub, split_off, "analytics") == "no_consent_recorded"
+    assert allowed(stub, split_from, "analytics")
 
 
 def test_every_change_is_published_as_consent_changed(

@@ -17,6 +17,7 @@ class Cause(StrEnum):
     SET = "set"
     IMPORT = "import"
     MERGE = "merge"
+    UNMERGE = "unmerge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,9 @@ class ConsentRecord:
     policy_version: str
     updated_at: datetime
     request_id: str
+    removed: bool = False
+    """Only in the audit log and consent.changed: the customer no longer holds a record for the key
+    (a reversed merge had given it the one it held). Current records are never removed ones."""
 
     @property
     def key(self) -> Key:

@@ -1,0 +1,143 @@
+"""What a reversed merge, or a split, does to consents. Pure: the service reads, this decides, the
+service writes.
+
+A merge gave the survivor the most restrictive combination of the merged customers' consents (the
+records it took over are audited with cause "merge" and a request id naming the merge). Reversing
+it gives the survivor back, for each (purpose, channel) the merge still decides, what it would hold
+had the merge never happened: its own audit replayed without the merge's takeovers, combined as
+before with the customers still merged into it; or no record at all. The restored customers keep
+their own records, which a merge never touches.
+
+What happened while the customers were one cannot always be attributed: a withdrawal recorded on
+the survivor after the merge may have come from the person now restored. Such withdrawals are
+copied to the restored customers; grants are not (without a record a check is denied). A split
+has no state from before to return to, so the customer split off takes every withdrawal the
+customer it leaves holds, and no grant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from tailor_consent.domain.model import Cause, ConsentRecord, Key
+from tailor_consent.domain.rules import merge_consents
+
+REMOVED_BY = "identity.unmerged"
+"""The source of a removal."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    sequence: int
+    cause: str
+    record: ConsentRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Reverted:
+    """One key of the survivor: the takeover the merge left current, and what replaces it (None:
+    the survivor is left without a record for the key)."""
+
+    key: Key
+    takeover: ConsentRecord
+    restored: ConsentRecord | None
+
+
+def merge_request_id(merge_id: str, record: ConsentRecord) -> str:
+    """The request id of a record a merge made the survivor's (one per merge, origin and key)."""
+    return f"{merge_request_prefix(merge_id)}{record.customer_id}:{record.purpose}:{record.channel}"
+
+
+def merge_request_prefix(merge_id: str) -> str:
+    return f"merge:{merge_id}:"
+
+
+def unmerge_request_id(unmerge_id: str, customer_id: str, key: Key) -> str:
+    purpose, channel = key
+    return f"unmerge:{unmerge_id}:{customer_id}:{purpose}:{channel}"
+
+
+def removal(customer_id: str, key: Key, at: datetime, request_id: str) -> ConsentRecord:
+    """The audit entry (and consent.changed) of a key left without a record."""
+    purpose, channel = key
+    return ConsentRecord(customer_id, purpose, channel, False, REMOVED_BY, "", "", at, request_id, removed=True)
+
+
+def replay(entries: Iterable[AuditEntry]) -> dict[Key, ConsentRecord]:
+    """The current records a customer's audit entries leave, applied in order as the service
+    applies them: a newer record replaces an older one; an unmerge's entry replaces (or removes)
+    whatever is there."""
+    state: dict[Key, ConsentRecord] = {}
+    for entry in sorted(entries, key=lambda entry: entry.sequence):
+        record = entry.record
+        held = state.get(record.key)
+        if entry.cause == Cause.UNMERGE:
+            if record.removed:
+                state.pop(record.key, None)
+            else:
+                state[record.key] = record
+        elif held is None or held.updated_at <= record.updated_at:
+            state[record.key] = record
+    return state
+
+
+def revert_merge(
+    merge_id: str,
+    survivor_audit: Sequence[AuditEntry],
+    current: Mapping[Key, ConsentRecord],
+    still_merged: Iterable[ConsentRecord],
+) -> list[Reverted]:
+    """Per key whose current record the reversed merge took over (later changes are kept): the
+    survivor's own record without that merge, combined most restrictively with the records of
+    the customers still merged into it."""
+    prefix = merge_request_prefix(merge_id)
+    takeovers = {
+        entry.record.request_id
+        for entry in survivor_audit
+        if entry.cause == Cause.MERGE and entry.record.request_id.startswith(prefix)
+    }
+    held_by_merge = {key: record for key, record in current.items() if record.request_id in takeovers}
+    if not held_by_merge:
+        return []
+    own = replay(entry for entry in survivor_audit if entry.record.request_id not in takeovers)
+    others: dict[Key, list[ConsentRecord]] = {}
+    for record in still_merged:
+        others.setdefault(record.key, []).append(record)
+    reverted = []
+    for key, takeover in sorted(held_by_merge.items()):
+        mine = own.get(key)
+        taken = merge_consents([mine] if mine else [], others.get(key, []))
+        reverted.append(Reverted(key, takeover, taken[0] if taken else mine))
+    return reverted
+
+
+def inherited_withdrawals(
+    survivor_current: Iterable[ConsentRecord],
+    causes: Mapping[str, str],
+    restored_current: Mapping[str, Mapping[Key, ConsentRecord]],
+    *,
+    since: datetime | None,
+    own_only: bool,
+) -> list[ConsentRecord]:
+    """The survivor's withdrawals each restored customer takes over (as its own records, with
+    their original time), where the restored customer holds nothing newer.
+
+    `since`: only withdrawals recorded after it (the merge; None: all). `own_only`: only those set
+    or imported on the survivor itself, not taken over from another customer by a merge.
+    """
+    withdrawals = [
+        record
+        for record in survivor_current
+        if not record.granted
+        and (since is None or record.updated_at > since)
+        and (not own_only or causes.get(record.request_id) in (Cause.SET, Cause.IMPORT))
+    ]
+    copies = []
+    for customer_id, held in sorted(restored_current.items()):
+        for record in withdrawals:
+            mine = held.get(record.key)
+            if mine is None or mine.updated_at < record.updated_at:
+                copies.append(replace(record, customer_id=customer_id))
+    return copies

@@ -1,0 +1,171 @@
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from tailor_consent.domain.model import Cause, ConsentRecord
+from tailor_consent.domain.rules import merge_consents
+from tailor_consent.domain.unmerges import (
+    AuditEntry,
+    Reverted,
+    inherited_withdrawals,
+    merge_request_id,
+    removal,
+    replay,
+    revert_merge,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+MERGED_AT = T0 + timedelta(days=10)
+
+
+def record(customer: str, purpose: str, channel: str, granted: bool, minutes: int) -> ConsentRecord:
+    return ConsentRecord(
+        customer,
+        purpose,
+        channel,
+        granted,
+        "web",
+        "consent",
+        "v1",
+        T0 + timedelta(minutes=minutes),
+        f"{customer}-{purpose}-{channel}-{minutes}",
+    )
+
+
+class Survivor:
+    """A survivor's audit log and current records, kept as the service keeps them."""
+
+    def __init__(self, customer_id: str) -> None:
+        self.customer_id = customer_id
+        self.audit: list[AuditEntry] = []
+
+    def add(self, cause: Cause, *records: ConsentRecord) -> None:
+        for item in records:
+            self.audit.append(AuditEntry(len(self.audit) + 1, cause, item))
+
+    def merge(self, merge_id: str, absorbed: list[ConsentRecord]) -> None:
+        taken = merge_consents(self.current().values(), absorbed)
+        self.add(
+            Cause.MERGE,
+            *(
+                replace(t, customer_id=self.customer_id, updated_at=MERGED_AT, request_id=merge_request_id(merge_id, t))
+                for t in taken
+            ),
+        )
+
+    def current(self) -> dict[tuple[str, str], ConsentRecord]:
+        return replay(self.audit)
+
+
+def test_replay_keeps_the_newest_record_per_key_and_obeys_an_unmerge_entry() -> None:
+    older, newer = record("s", "marketing", "email", True, 5), record("s", "marketing", "email", False, 9)
+    late_import = record("s", "marketing", "email", True, 1)  # audited, but older: never current
+    assert replay([AuditEntry(1, "set", older), AuditEntry(2, "set", newer), AuditEntry(3, "import", late_import)]) == {
+        ("marketing", "email"): newer
+    }
+    restored = AuditEntry(4, Cause.UNMERGE, older)
+    assert replay([AuditEntry(2, "set", newer), restored])[("marketing", "email")] == older
+    gone = AuditEntry(5, Cause.UNMERGE, removal("s", ("marketing", "email"), T0, "u"))
+    assert replay([AuditEntry(2, "set", newer), gone]) == {}
+
+
+def test_reversal_removes_a_grant_the_survivor_only_had_from_the_absorbed_customer() -> None:
+    survivor = Survivor("s")
+    survivor.merge("m1", [record("a", "marketing", "email", True, 3)])
+    assert survivor.current()[("marketing", "email")].granted
+
+    [reverted] = revert_merge("m1", survivor.audit, survivor.current(), [])
+
+    assert reverted.key == ("marketing", "email") and reverted.restored is None
+
+
+def test_reversal_gives_back_the_survivors_own_record_with_its_original_time() -> None:
+    own = record("s", "marketing", "email", True, 1)
+    survivor = Survivor("s")
+    survivor.add(Cause.SET, own)
+    survivor.merge("m1", [record("a", "marketing", "email", False, 2)])  # a withdrawal anywhere wins
+    assert not survivor.current()[("marketing", "email")].granted
+
+    assert revert_merge("m1", survivor.audit, survivor.current(), []) == [
+        Reverted(("marketing", "email"), survivor.current()[("marketing", "email")], own)
+    ]
+
+
+def test_a_change_made_after_the_merge_is_kept() -> None:
+    survivor = Survivor("s")
+    survivor.merge("m1", [record("a", "marketing", "email", True, 1), record("a", "analytics", "", True, 1)])
+    survivor.add(Cause.SET, replace(record("s", "marketing", "email", False, 0), updated_at=MERGED_AT + timedelta(1)))
+
+    reverted = revert_merge("m1", survivor.audit, survivor.current(), [])
+
+    assert [item.key for item in reverted] == [("analytics", "")]
+
+
+def test_customers_still_merged_into_the_survivor_count_once_the_merge_is_gone() -> None:
+    survivor = Survivor("s")
+    b_grant = record("b", "marketing", "sms", True, 1)
+    a_withdrawal = record("a", "marketing", "sms", False, 2)
+    survivor.merge("m1", [a_withdrawal])
+    survivor.merge("m2", [b_grant])  # A's withdrawal was more restrictive: B's grant took nothing
+    assert len(survivor.audit) == 1
+
+    [reverted] = revert_merge("m1", survivor.audit, survivor.current(), [b_grant])
+
+    assert reverted.restored == b_grant
+
+
+def test_another_merges_takeovers_are_not_touched() -> None:
+    survivor = Survivor("s")
+    survivor.merge("m1", [record("a", "marketing", "email", True, 1)])
+    survivor.merge("m2", [record("b", "analytics", "", True, 1)])
+
+    assert [item.key for item in revert_merge("m2", survivor.audit, survivor.current(), [])] == [("analytics", "")]
+    assert revert_merge("m9", survivor.audit, survivor.current(), []) == []
+
+
+def test_restored_customers_take_withdrawals_recorded_on_the_survivor_after_the_merge_only() -> None:
+    before = record("s", "marketing", "email", False, 1)
+    after = replace(record("s", "marketing", "sms", False, 0), updated_at=MERGED_AT + timedelta(hours=1))
+    granted_after = replace(record("s", "analytics", "", True, 0), updated_at=MERGED_AT + timedelta(hours=1))
+    taken = replace(
+        record("b", "marketing", "push", False, 0), customer_id="s", updated_at=MERGED_AT + timedelta(hours=2)
+    )
+    causes = {before.request_id: "set", after.request_id: "set", granted_after.request_id: "set"}
+    causes[taken.request_id] = "merge"
+
+    copies = inherited_withdrawals(
+        [before, after, granted_after, taken], causes, {"a": {}}, since=MERGED_AT, own_only=True
+    )
+
+    assert copies == [replace(after, customer_id="a")]
+
+
+def test_a_restored_customers_newer_record_is_not_overridden() -> None:
+    withdrawal = record("s", "marketing", "email", False, 5)
+    newer_grant = record("a", "marketing", "email", True, 6)
+    older_grant = record("c", "marketing", "email", True, 4)
+
+    copies = inherited_withdrawals(
+        [withdrawal],
+        {withdrawal.request_id: "set"},
+        {"a": {newer_grant.key: newer_grant}, "c": {older_grant.key: older_grant}},
+        since=None,
+        own_only=False,
+    )
+
+    assert copies == [replace(withdrawal, customer_id="c")]
+
+
+def test_a_split_off_customer_takes_every_withdrawal_and_no_grant() -> None:
+    withdrawal = record("s", "marketing", "", False, 1)
+    merged_withdrawal = replace(record("b", "research", "", False, 2), customer_id="s", request_id="merge:m:b:x:")
+    grant = record("s", "analytics", "", True, 3)
+
+    copies = inherited_withdrawals(
+        [withdrawal, merged_withdrawal, grant],
+        {withdrawal.request_id: "set", merged_withdrawal.request_id: "merge", grant.request_id: "set"},
+        {"n": {}},
+        since=None,
+        own_only=False,
+    )
+
+    assert [(copy.customer_id, copy.key) for copy in copies] == [("n", ("marketing", "")), ("n", ("research", ""))]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from bench import results
-from bench.framework import Benchmark, Context, Reporter, progress_display
+from bench.framework import Benchmark, Context, Reporter, cpu_steal, progress_display
 from bench.registry import BENCHMARKS
 
 
@@ -78,12 +78,16 @@ def measure_and_record(benchmark: Benchmark, console: Console, smoke: bool) -> N
     load_before = os.getloadavg()[0]
     if load_before > results.BUSY_LOAD:
         console.print(f"  [yellow]load average {load_before:.2f}: other processes are busy; figures will be noisy")
-    figures = run_one(benchmark, console, smoke)
+    with cpu_steal() as stolen:
+        figures = run_one(benchmark, console, smoke)
     show(benchmark, figures, console)
+    steal_pct = stolen()
+    if steal_pct is not None:
+        console.print(f"  CPU steal during the run: {steal_pct:g}% (CPU time the host gave its other guests)")
     if smoke:
         console.print("  [yellow]smoke run: nothing recorded[/yellow]")
         return
-    results.record(benchmark.name, figures, load_before, BENCHMARKS.values())
+    results.record(benchmark.name, figures, load_before, BENCHMARKS.values(), steal_pct)
     console.print(f"  recorded in {results.RESULTS_JSON.name} and {results.RESULTS_MD.name}")
 
 

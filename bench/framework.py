@@ -17,6 +17,42 @@ SCRATCH_DIR = BENCH_DIR / "out"
 """Data directories and logs of benchmark runs (git-ignored)."""
 
 _COMPARISONS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+PROC_STAT = Path("/proc/stat")
+
+
+@contextmanager
+def cpu_steal() -> Iterator[Callable[[], float | None]]:
+    """Measure the share (%) of CPU time the hypervisor gave to other guests while this machine's
+    CPUs wanted to run ("steal"), over the block: `with cpu_steal() as stolen: ...; stolen()`.
+    On a shared cloud host, a run with much steal is slower through no fault of the code. None
+    where /proc/stat does not say."""
+    before = _steal_and_total()
+    after: tuple[int, int] | None = None
+
+    def stolen() -> float | None:
+        end = after or _steal_and_total()
+        if before is None or end is None or end[1] <= before[1]:
+            return None
+        return round(100 * (end[0] - before[0]) / (end[1] - before[1]), 2)
+
+    try:
+        yield stolen
+    finally:
+        after = _steal_and_total()
+
+
+def _steal_and_total() -> tuple[int, int] | None:
+    """(steal, all) CPU time since boot in clock ticks, summed over the CPUs."""
+    try:
+        first = PROC_STAT.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if len(first) < 9 or first[0] != "cpu":
+        return None
+    ticks = [int(value) for value in first[1:]]
+    # Guest time is already counted in user and nice (fields 9 and 10 are part of them).
+    busy_and_idle = sum(ticks[:8])
+    return ticks[7], busy_and_idle
 
 
 @dataclass(frozen=True)

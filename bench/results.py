@@ -2,8 +2,10 @@
 human table generated from it).
 
 Every run of benchmark `<name>` writes its figures plus `<name>.measured_at` (UTC, ISO 8601),
-`<name>.machine` and `<name>.load_before` (the 1-minute load average when it started: other work on
-the machine makes figures noisy); keys written by other benchmarks are kept.
+`<name>.machine`, `<name>.load_before` (the 1-minute load average when it started: other work on
+the machine makes figures noisy) and `<name>.steal_pct` (the share of CPU time the hypervisor gave to
+other guests during the run: a busy host makes them noisy too); keys written by other benchmarks
+are kept.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ Results = dict[str, float | str]
 
 BUSY_LOAD = 0.5
 """A 1-minute load average above this before a run means other work competed for the CPU."""
-_RUN_KEYS = (".measured_at", ".machine", ".load_before")
+BUSY_HOST_STEAL_PCT = 5.0
+"""More CPU steal than this during a run means the host's other guests slowed it noticeably."""
+_RUN_KEYS = (".measured_at", ".machine", ".load_before", ".steal_pct")
 
 
 def machine() -> str:
@@ -66,7 +70,12 @@ def load(path: Path = RESULTS_JSON) -> Results:
 
 
 def merge(
-    results: Results, name: str, figures: Mapping[str, float], load_before: float, when: datetime | None = None
+    results: Results,
+    name: str,
+    figures: Mapping[str, float],
+    load_before: float,
+    when: datetime | None = None,
+    steal_pct: float | None = None,
 ) -> Results:
     """The results with this run's figures, date, machine and load. Other benchmarks' keys are
     kept; this benchmark's earlier keys are replaced, so a figure it no longer measures goes."""
@@ -75,6 +84,8 @@ def merge(
     merged[f"{name}.measured_at"] = (when or datetime.now(UTC)).isoformat(timespec="seconds")
     merged[f"{name}.machine"] = machine()
     merged[f"{name}.load_before"] = round(load_before, 2)
+    if steal_pct is not None:
+        merged[f"{name}.steal_pct"] = steal_pct
     return dict(sorted(merged.items()))
 
 
@@ -82,11 +93,17 @@ def save(results: Results, path: Path = RESULTS_JSON) -> None:
     path.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def record(name: str, figures: Mapping[str, float], load_before: float, benchmarks: Iterable[Benchmark]) -> None:
+def record(
+    name: str,
+    figures: Mapping[str, float],
+    load_before: float,
+    benchmarks: Iterable[Benchmark],
+    steal_pct: float | None = None,
+) -> None:
     """Merge one run's figures into results.json and regenerate RESULTS.md (safe against other
     benchmarks recording at the same time)."""
     with _locked():
-        recorded = merge(load(), name, figures, load_before)
+        recorded = merge(load(), name, figures, load_before, steal_pct=steal_pct)
         save(recorded)
         RESULTS_MD.write_text(render(recorded, benchmarks))
 
@@ -141,18 +158,27 @@ def _section(results: Results, benchmark: Benchmark, machines: _MachineLabels) -
         for figure in benchmark.figures
         if isinstance(results.get(figure.key), int | float)
     ]
-    notes = "".join(f"- {note}\n" for note in [*benchmark.notes, *_load_note(results, benchmark.name)])
+    notes = "".join(f"- {note}\n" for note in [*benchmark.notes, *_conditions_notes(results, benchmark.name)])
     return f"## {benchmark.name}\n\n{TABLE_HEAD}\n" + "\n".join(rows) + "\n" + (f"\n{notes}" if notes else "")
 
 
-def _load_note(results: Results, name: str) -> list[str]:
+def _conditions_notes(results: Results, name: str) -> list[str]:
+    notes = []
+    steal = results.get(f"{name}.steal_pct")
+    if isinstance(steal, int | float):
+        busy_host = steal > BUSY_HOST_STEAL_PCT
+        notes.append(
+            ("**Busy host:** " if busy_host else "")
+            + f"CPU steal during the run: {steal:g}% of the CPU time went to the host's other guests"
+            + (", so these figures understate what the machine can do." if busy_host else ".")
+        )
     load = results.get(f"{name}.load_before")
-    if not isinstance(load, int | float) or load <= BUSY_LOAD:
-        return []
-    return [
-        f"**Noisy:** this run started while other processes were busy (1-minute load average {load:g} "
-        f"on {os.cpu_count()} cores), so these figures understate what the machine can do."
-    ]
+    if isinstance(load, int | float) and load > BUSY_LOAD:
+        notes.append(
+            f"**Noisy:** this run started while other processes were busy (1-minute load average {load:g} "
+            f"on {os.cpu_count()} cores), so these figures understate what the machine can do."
+        )
+    return notes
 
 
 def _others_section(results: Results, keys: list[str], machines: _MachineLabels) -> str:

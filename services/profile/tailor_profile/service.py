@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,7 +45,14 @@ from tailor_profile.domain.traits import (
     prune,
     replay,
 )
-from tailor_profile.domain.unmerges import IdentifierKey, StoredEventIds, alias_changes, event_moves
+from tailor_profile.domain.unmerges import (
+    IdentifierKey,
+    StoredEventIds,
+    alias_changes,
+    attribute_changes,
+    attribute_returns,
+    event_moves,
+)
 from tailor_profile.intake import Candidate, Intake, Rejection, identity_records, resolve_key, resolve_request
 from tailor_profile.store import AttributeValue, EventRow, ProfileStore, SavedState, StoredEvent
 
@@ -341,9 +348,9 @@ class ProfileService:
         """Identity reversed a merge (or split identifiers off into a new customer): give each
         customer back its events, by who owns their identifiers now (domain/unmerges.py), point
         merge aliases where identity says, and rebuild the traits of every customer that gained
-        or lost events from its full timeline. Explicit attributes stay where they are (which
-        customer set each one is not recorded). Asks identity, so it fails (and the message is
-        retried) while identity is unreachable."""
+        or lost events from its full timeline; explicit attributes go back to the customer that
+        set them (to where it is now). Asks identity, so it fails (and the message is retried)
+        while identity is unreachable."""
         if unmerge.merge_id:
             await self.store.add_reversed_merge(session, unmerge.merge_id, unmerge.unmerge_id)
         involved = sorted({unmerge.customer_id, *unmerge.restored_ids})
@@ -353,23 +360,35 @@ class ProfileService:
         owner_of = await self.identity.owners(key for event in carried for key in event.identifiers)
         moves = event_moves(carried, owner_of)
         aliases = await self.store.aliases_involving(session, involved)
-        point, drop = alias_changes(await self.identity.active_customers(aliases))
-        gaining = sorted(set(moves.values()) - set(involved))
-        await self.store.lock_customers(session, gaining)  # customers the events move to beyond these
+        origins = await self.store.attribute_origins(session, involved)
+        active_of = await self.identity.active_customers({*aliases, *(o for found in origins.values() for o in found)})
+        point, drop = alias_changes({absorbed: active_of[absorbed] for absorbed in aliases if absorbed in active_of})
+        returns = attribute_returns(origins, active_of)
+        gaining = sorted({*moves.values(), *returns.values()} - set(involved))
+        await self.store.lock_customers(session, gaining)  # customers that gain events or attributes
         await self.store.move_events(session, moves)
         await self.store.repoint_aliases(session, point, drop)
+        attributes = await self._attribute_values(session, [*involved, *gaining])
+        await self.store.return_attributes(session, returns)
+        changed = attribute_changes(attributes, await self._attribute_values(session, [*involved, *gaining]))
         timelines: dict[str, list[pb.Event]] = {customer: [] for customer in [*involved, *gaining]}
         for event_id, customer, event in [*stored, *await self._events_of(session, gaining)]:
             timelines[moves.get(event_id, customer)].append(event)
-        await self._rebuild(session, timelines, "unmerge")
+        await self._rebuild(session, timelines, "unmerge", changed)
         log.info(
-            "separated %s from %s: %d event(s) moved, %d alias(es) repointed, %d dropped",
+            "separated %s from %s: %d event(s) and %d customer(s)' attributes moved, %d alias(es) repointed, "
+            "%d dropped",
             ", ".join(unmerge.restored_ids),
             unmerge.customer_id,
             len(moves),
+            len(returns),
             len(point),
             len(drop),
         )
+
+    async def _attribute_values(self, session: AsyncSession, customers: Sequence[str]) -> dict[str, dict[str, str]]:
+        found = await self.store.attributes_of(session, customers)
+        return {customer: {name: a.value for name, a in values.items()} for customer, values in found.items()}
 
     async def _events_of(self, session: AsyncSession, customers: Sequence[str]) -> list[tuple[str, str, pb.Event]]:
         if not customers:
@@ -379,9 +398,16 @@ class ProfileService:
             for event_id, customer, payload in await self.store.events_of(session, customers)
         ]
 
-    async def _rebuild(self, session: AsyncSession, timelines: dict[str, list[pb.Event]], cause: str) -> None:
+    async def _rebuild(
+        self,
+        session: AsyncSession,
+        timelines: dict[str, list[pb.Event]],
+        cause: str,
+        also_changed: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
         """Recompute the trait states of these (locked) customers from their full timelines and
-        announce what changed since their last announcement."""
+        announce what changed since their last announcement (and `also_changed`: other changes
+        of theirs, such as attributes)."""
         customers = list(timelines)
         saved = await self.store.load_states(session, customers)
         now = int(datetime.now(UTC).timestamp())
@@ -401,10 +427,10 @@ class ProfileService:
         at = now_timestamp()
         for customer in customers:
             state = states.get(customer)
-            if state is None and customer not in saved:
-                continue  # had no events and has none: nothing was ever announced, nothing changed
-            after = evaluate(state, now, self.settings).flat() if state is not None else empty
-            changed = changed_traits(self._announced(saved.get(customer)), after)
+            changed = dict((also_changed or {}).get(customer, {}))
+            if state is not None or customer in saved:  # else: no events before or after, no traits
+                after = evaluate(state, now, self.settings).flat() if state is not None else empty
+                changed.update(changed_traits(self._announced(saved.get(customer)), after))
             if changed:
                 envelopes.append(self._updated(customer, changed, cause, 0, at))
         await self.outbox.add_many(session, envelopes)

@@ -69,7 +69,16 @@ profile_attribute = Table(
     Column("value", String(1000), nullable=False),
     Column("source", String(200), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The customer that set it: merges move rows to the survivor and keep this, so an unmerge can
+    # give each back. A customer's value of an attribute is the newest of its rows of that name.
+    Column("origin_id", String(128), primary_key=True),
 )
+
+CURRENT_ATTRIBUTES = (
+    "SELECT DISTINCT ON (a.name) a.name, a.value, a.source, a.updated_at FROM profile_attribute a "
+    "WHERE a.customer_id = {customer} ORDER BY a.name, a.updated_at DESC, a.origin_id = a.customer_id DESC"
+)
+"""A customer's attributes: of each name, the newest row (its own on a tie)."""
 
 customer_alias = Table(
     "customer_alias",
@@ -147,7 +156,7 @@ PROFILE_QUERY = (
     "(SELECT survivor_id FROM customer_alias WHERE absorbed_id = $1), $1::text) AS id) "
     "SELECT t.id AS customer_id, s.state AS state, (SELECT coalesce(json_agg(json_build_array("
     "a.name, a.value, a.source, a.updated_at) ORDER BY a.name), '[]'::json) "
-    "FROM profile_attribute a WHERE a.customer_id = t.id) AS attributes "
+    f"FROM ({CURRENT_ATTRIBUTES.format(customer='t.id')}) a) AS attributes "
     "FROM target t LEFT JOIN profile_state s ON s.customer_id = t.id"
 )
 
@@ -361,11 +370,57 @@ class ProfileStore:
     # -- attributes ---------------------------------------------------------------------------
 
     async def attributes(self, session: AsyncSession, customer_id: str) -> list[AttributeValue]:
-        rows = await session.execute(
-            text("SELECT name, value, source, updated_at FROM profile_attribute WHERE customer_id = :c ORDER BY name"),
-            {"c": customer_id},
-        )
+        rows = await session.execute(text(CURRENT_ATTRIBUTES.format(customer=":c")), {"c": customer_id})
         return [AttributeValue(row.name, row.value, row.source, row.updated_at) for row in rows]
+
+    async def attributes_of(
+        self, session: AsyncSession, customer_ids: Sequence[str]
+    ) -> dict[str, dict[str, AttributeValue]]:
+        """The attributes of several customers (those without any are absent)."""
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT c.id, a.name, a.value, a.source, a.updated_at FROM unnest($1::text[]) AS c(id), "
+            f"LATERAL ({CURRENT_ATTRIBUTES.format(customer='c.id')}) a",
+            list(customer_ids),
+        )
+        found: dict[str, dict[str, AttributeValue]] = {}
+        for customer, name, value, source, updated_at in rows:
+            found.setdefault(customer, {})[name] = AttributeValue(name, value, source, updated_at)
+        return found
+
+    async def attribute_origins(self, session: AsyncSession, customer_ids: Sequence[str]) -> dict[str, set[str]]:
+        """Per customer, the customers that set the attributes it holds."""
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT DISTINCT customer_id, origin_id FROM profile_attribute WHERE customer_id = ANY($1::text[])",
+            list(customer_ids),
+        )
+        origins: dict[str, set[str]] = {}
+        for customer, origin in rows:
+            origins.setdefault(customer, set()).add(origin)
+        return origins
+
+    async def return_attributes(self, session: AsyncSession, moves: Mapping[tuple[str, str], str]) -> None:
+        """(holder, origin) -> customer: move the rows one customer set from where they are to
+        where they belong now (a row already there for the same name and origin: the newer stays)."""
+        if not moves:
+            return
+        holders, origins = zip(*moves, strict=True)
+        driver = await driver_connection(session)
+        await driver.execute(
+            "WITH m AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS m(holder, origin, target)), "
+            "moved AS (DELETE FROM profile_attribute a USING m WHERE a.customer_id = m.holder "
+            "AND a.origin_id = m.origin RETURNING m.target, a.name, a.value, a.source, a.updated_at, a.origin_id) "
+            "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at, origin_id) "
+            "SELECT DISTINCT ON (target, name, origin_id) * FROM moved "
+            "ORDER BY target, name, origin_id, updated_at DESC "
+            "ON CONFLICT (customer_id, name, origin_id) DO UPDATE SET value = EXCLUDED.value, "
+            "source = EXCLUDED.source, updated_at = EXCLUDED.updated_at "
+            "WHERE profile_attribute.updated_at < EXCLUDED.updated_at",
+            list(holders),
+            list(origins),
+            list(moves.values()),
+        )
 
     async def upsert_attributes(self, session: AsyncSession, customer_id: str, values: Sequence[AttributeValue]) -> int:
         """Last writer (by updated_at) wins per attribute; returns how many changed."""
@@ -373,11 +428,12 @@ class ProfileStore:
             return 0
         result = await session.execute(
             text(
-                "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at) "
-                "SELECT :c, n, v, s, u FROM unnest(CAST(:names AS text[]), CAST(:vals AS text[]), "
+                "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at, origin_id) "
+                "SELECT :c, n, v, s, u, :c FROM unnest(CAST(:names AS text[]), CAST(:vals AS text[]), "
                 "CAST(:sources AS text[]), CAST(:times AS timestamptz[])) AS t(n, v, s, u) "
-                "ON CONFLICT (customer_id, name) DO UPDATE SET value = EXCLUDED.value, source = EXCLUDED.source, "
-                "updated_at = EXCLUDED.updated_at WHERE profile_attribute.updated_at <= EXCLUDED.updated_at "
+                "ON CONFLICT (customer_id, name, origin_id) DO UPDATE SET value = EXCLUDED.value, "
+                "source = EXCLUDED.source, updated_at = EXCLUDED.updated_at "
+                "WHERE profile_attribute.updated_at <= EXCLUDED.updated_at "
                 "RETURNING name"
             ),
             {
@@ -391,15 +447,18 @@ class ProfileStore:
         return len(result.all())
 
     async def move_attributes(self, session: AsyncSession, final: Mapping[str, str]) -> None:
-        """Fold absorbed customers' attributes into where they ended: the newest value of each wins."""
+        """Move absorbed customers' attributes to where they ended, each row keeping its origin (the
+        newest row of a name is the value)."""
         driver = await driver_connection(session)
         await driver.execute(
-            "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at) "
-            "SELECT DISTINCT ON (m.survivor, a.name) m.survivor, a.name, a.value, a.source, a.updated_at "
+            "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at, origin_id) "
+            "SELECT DISTINCT ON (m.survivor, a.name, a.origin_id) m.survivor, a.name, a.value, a.source, "
+            "a.updated_at, a.origin_id "
             "FROM profile_attribute a JOIN unnest($1::text[], $2::text[]) AS m(absorbed, survivor) "
-            "ON a.customer_id = m.absorbed ORDER BY m.survivor, a.name, a.updated_at DESC "
-            "ON CONFLICT (customer_id, name) DO UPDATE SET value = EXCLUDED.value, source = EXCLUDED.source, "
-            "updated_at = EXCLUDED.updated_at WHERE profile_attribute.updated_at < EXCLUDED.updated_at",
+            "ON a.customer_id = m.absorbed ORDER BY m.survivor, a.name, a.origin_id, a.updated_at DESC "
+            "ON CONFLICT (customer_id, name, origin_id) DO UPDATE SET value = EXCLUDED.value, "
+            "source = EXCLUDED.source, updated_at = EXCLUDED.updated_at "
+            "WHERE profile_attribute.updated_at < EXCLUDED.updated_at",
             list(final),
             list(final.values()),
         )

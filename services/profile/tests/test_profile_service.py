@@ -337,6 +337,33 @@ def test_an_unmerge_in_identity_gives_each_customer_back_its_timeline_and_traits
     assert ingest(stub, [after]).results[0].customer_id == absorbed
 
 
+def test_an_unmerge_gives_each_customer_back_the_attributes_it_set(
+    stub: Stub, identity: identity_pb2_grpc.IdentityServiceStub
+) -> None:
+    first, second = email(), email()
+    results = ingest(stub, [make_event("page_view", ago(hours=3), email=who) for who in (first, second)]).results
+    survivor, absorbed = results[0].customer_id, results[1].customer_id
+
+    def update(customer: str, name: str, value: str, hours_ago: int) -> None:
+        change = pb.AttributeUpdate(name=name, value=value, source="test", updated_at=stamp(ago(hours=hours_ago)))
+        stub.UpdateAttributes(pb.UpdateAttributesRequest(customer_id=customer, attributes=[change]))
+
+    def attributes(customer: str) -> dict[str, str]:
+        return {a.name: a.value for a in stub.GetProfile(pb.GetProfileRequest(customer_id=customer)).attributes}
+
+    update(survivor, "city", "Lyon", 5)
+    update(absorbed, "city", "Paris", 4)  # newer: the merged profile shows it
+    update(absorbed, "given_name", "Ana", 4)
+    merge = identity.Merge(identity_pb2.MergeRequest(survivor_id=survivor, absorbed_ids=[absorbed], reason="test"))
+    wait_until(lambda: attributes(survivor) == {"city": "Paris", "given_name": "Ana"})
+    update(survivor, "locale", "fr-FR", 1)  # set while they are one: stays with the survivor
+
+    identity.Unmerge(identity_pb2.UnmergeRequest(customer_id=survivor, merge_id=merge.merge_id, reason="wrong"))
+
+    wait_until(lambda: attributes(survivor) == {"city": "Lyon", "locale": "fr-FR"})
+    assert attributes(absorbed) == {"city": "Paris", "given_name": "Ana"}
+
+
 def test_identifiers_split_off_in_identity_take_their_events_to_the_new_customer(
     stub: Stub, identity: identity_pb2_grpc.IdentityServiceStub
 ) -> None:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tailor_profile.domain.unmerges import IdentifierKey, StoredEventIds, alias_changes, event_moves, owner_now
+from tailor_profile.domain.unmerges import (
+    IdentifierKey,
+    StoredEventIds,
+    alias_changes,
+    attribute_changes,
+    attribute_returns,
+    event_moves,
+    owner_now,
+)
 
 EMAIL_A = IdentifierKey("email", "a@example.com")
 DEVICE_A = IdentifierKey("device_id", "device-a")
@@ -47,3 +55,22 @@ def test_aliases_follow_identity_and_customers_active_again_lose_theirs() -> Non
     point, drop = alias_changes({"a": "a", "x": "a", "y": "s"})
     assert point == {"x": "a", "y": "s"}
     assert drop == ["a"]
+
+
+def test_attributes_go_back_to_the_customer_their_origin_is_now() -> None:
+    origins = {"s": {"s", "a", "x"}, "a": {"a"}}
+    active_of = {"s": "s", "a": "a", "x": "a"}  # x was merged into a before a was merged into s
+
+    assert attribute_returns(origins, active_of) == {("s", "a"): "a", ("s", "x"): "a"}
+    assert attribute_returns({"s": {"unknown"}}, {}) == {}
+
+
+def test_attribute_changes_name_what_changed_and_what_is_gone() -> None:
+    before = {"s": {"city": "Paris", "given_name": "Ana"}, "a": {}}
+    after = {"s": {"city": "Lyon"}, "a": {"city": "Paris", "given_name": "Ana"}}
+
+    assert attribute_changes(before, after) == {
+        "a": {"attribute.city": "Paris", "attribute.given_name": "Ana"},
+        "s": {"attribute.city": "Lyon", "attribute.given_name": ""},
+    }
+    assert attribute_changes(after, after) == {}

@@ -12,6 +12,9 @@ carried. So events are attributed again by who owns their identifiers now (ident
 
 Merge aliases (absorbed id -> survivor) follow identity too: each points at the active customer
 identity now says it is part of, and is dropped for a customer that is active itself again.
+
+Explicit attributes carry the customer that set them (their origin) through merges; each goes
+back to the active customer its origin is now (or is part of), like the aliases.
 """
 
 from __future__ import annotations
@@ -62,3 +65,31 @@ def alias_changes(active_of: Mapping[str, str]) -> tuple[dict[str, str], list[st
     point = {absorbed: active for absorbed, active in active_of.items() if active != absorbed}
     drop = [absorbed for absorbed, active in active_of.items() if active == absorbed]
     return point, drop
+
+
+def attribute_returns(origins: Mapping[str, Iterable[str]], active_of: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """From holder -> the customers whose attributes it holds, and origin -> the active customer
+    identity says it is now: (holder, origin) -> where those attributes go, for the ones that move.
+    Origins identity does not know stay where they are."""
+    return {
+        (holder, origin): active_of[origin]
+        for holder, found in origins.items()
+        for origin in sorted(found)
+        if active_of.get(origin, holder) != holder
+    }
+
+
+def attribute_changes(
+    before: Mapping[str, Mapping[str, str]], after: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, str]]:
+    """Customer -> {"attribute.<name>": new value ("" when gone)} for the attributes whose value
+    changed, as profile.updated announces them."""
+    changes = {}
+    for customer in sorted({*before, *after}):
+        old, new = before.get(customer, {}), after.get(customer, {})
+        changed = {
+            f"attribute.{name}": new.get(name, "") for name in sorted({*old, *new}) if old.get(name) != new.get(name)
+        }
+        if changed:
+            changes[customer] = changed
+    return changes

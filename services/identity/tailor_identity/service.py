@@ -368,6 +368,7 @@ class IdentityService:
                     self.keys.keyring.active_id,
                     blocks[index],
                     self.keys.keyring.blind_index_key_id,
+                    self.keys.old_fingerprints(record.person),
                 )
             )
         await self.store.insert_persons(session, persons)

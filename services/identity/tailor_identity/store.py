@@ -60,6 +60,9 @@ class NewPerson:
     key_id: int
     block_keys: list[bytes]
     index_key_id: int
+    old_fingerprints: tuple[bytes, ...] = ()
+    """Its fingerprints under old blind index keys, while a rotation runs (the same person may be
+    stored under one of them)."""
 
 
 @dataclass(frozen=True)
@@ -310,15 +313,24 @@ class IdentityStore:
     # -- person records and probabilistic matching -----------------------------------------------
 
     async def insert_persons(self, session: AsyncSession, persons: Sequence[NewPerson]) -> None:
-        """Store person records not already stored for their customer, with their block keys."""
+        """Store person records not already stored for their customer (under their fingerprint,
+        or an old one while the blind index key rotates), with their block keys."""
         if not persons:
             return
+        old = [(number, token) for number, p in enumerate(persons, start=1) for token in p.old_fingerprints]
+        also_old = (
+            "OR p.fingerprint IN (SELECT o.f FROM unnest(CAST(:on AS bigint[]), CAST(:of AS bytea[])) AS o(n, f) "
+            "WHERE o.n = x.n)"
+            if old
+            else ""
+        )
         result = await session.execute(
             text(
                 "INSERT INTO person (customer_id, fingerprint, ciphertext, key_id, index_key_id) "
                 "SELECT c, f, ct, k, CAST(:i AS int) FROM unnest(CAST(:c AS text[]), CAST(:f AS bytea[]), "
                 "CAST(:ct AS bytea[]), CAST(:k AS int[])) WITH ORDINALITY AS x(c, f, ct, k, n) "
-                "WHERE NOT EXISTS (SELECT 1 FROM person p WHERE p.customer_id = x.c AND p.fingerprint = x.f) "
+                "WHERE NOT EXISTS (SELECT 1 FROM person p WHERE p.customer_id = x.c "
+                f"AND (p.fingerprint = x.f {also_old})) "
                 "ORDER BY n RETURNING id, customer_id, fingerprint"
             ),
             {
@@ -327,6 +339,7 @@ class IdentityStore:
                 "ct": _column(persons, "ciphertext"),
                 "k": _column(persons, "key_id"),
                 "i": persons[0].index_key_id,
+                **({"on": [number for number, _ in old], "of": [token for _, token in old]} if old else {}),
             },
         )
         ids = {(row.customer_id, bytes(row.fingerprint)): row.id for row in result}

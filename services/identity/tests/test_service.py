@@ -251,6 +251,11 @@ async def test_blind_index_key_rotation(database: Database, identity: IdentitySe
     [again] = await during.resolve_batch([record(rotating, ("email", "R@Example.com"))])
     assert (again.customer_id, again.created) == (a.customer_id, False)
     assert await during.owner_of(rotating.key("email", "r@example.com")) == a.customer_id
+    # The same person seen again is recognised under its old fingerprint, not stored twice.
+    [seen] = await during.resolve_batch([record(rotating, ("email", "r@example.com"), person=rita)])
+    assert seen.customer_id == a.customer_id
+    async with database.sessions() as session:
+        assert await session.scalar(text("SELECT count(*) FROM person")) == 1
 
     assert (await during.rekey(limit=1)).remaining == 1
     assert (await during.rekey(limit=100)).remaining == 0

@@ -90,6 +90,13 @@ class KeyMaker:
     def fingerprint(self, person: Person) -> bytes:
         return self.keyring.blind_index("person", self.person_plaintext(person).decode())
 
+    def old_fingerprints(self, person: Person) -> tuple[bytes, ...]:
+        """While a blind index rotation runs: the person's fingerprints under the old keys (a
+        record stored before is still under one of them until ReKey moves it)."""
+        if not self.keyring.rotating_index:
+            return ()
+        return self.keyring.old_blind_indexes("person", self.person_plaintext(person).decode())
+
     def block_indexes(self, person: Person) -> list[bytes]:
         return [self.keyring.blind_index("block", key) for key in matching.block_keys(person)]
 

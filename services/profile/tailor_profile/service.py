@@ -438,11 +438,15 @@ class ProfileService:
     # -- attributes and reads -------------------------------------------------------------------
 
     async def update_attributes(self, customer_id: str, values: Sequence[AttributeValue]) -> str:
-        """Returns the customer the attributes landed on (the survivor if it was merged away)."""
+        """Returns the customer the attributes landed on (the survivor if it was merged away;
+        they remain the named customer's, should identity separate the two again)."""
         async with self.db.transaction() as session:
             await self.store.lock_customers(session, [customer_id])
-            customer_id = (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id)
-            changed = await self.store.upsert_attributes(session, customer_id, values)
+            named, customer_id = (
+                customer_id,
+                (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id),
+            )
+            changed = await self.store.upsert_attributes(session, customer_id, values, origin_id=named)
             if changed:
                 current = {a.name: a.value for a in await self.store.attributes(session, customer_id)}
                 update = {f"attribute.{v.name}": current.get(v.name, "") for v in values}

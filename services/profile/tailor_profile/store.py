@@ -422,14 +422,18 @@ class ProfileStore:
             list(moves.values()),
         )
 
-    async def upsert_attributes(self, session: AsyncSession, customer_id: str, values: Sequence[AttributeValue]) -> int:
-        """Last writer (by updated_at) wins per attribute; returns how many changed."""
+    async def upsert_attributes(
+        self, session: AsyncSession, customer_id: str, values: Sequence[AttributeValue], origin_id: str | None = None
+    ) -> int:
+        """Set attributes of a customer, as set by `origin_id` (the customer itself, or one merged
+        into it that the caller named). Last writer (by updated_at) wins per attribute and origin;
+        returns how many changed."""
         if not values:
             return 0
         result = await session.execute(
             text(
                 "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at, origin_id) "
-                "SELECT :c, n, v, s, u, :c FROM unnest(CAST(:names AS text[]), CAST(:vals AS text[]), "
+                "SELECT :c, n, v, s, u, :o FROM unnest(CAST(:names AS text[]), CAST(:vals AS text[]), "
                 "CAST(:sources AS text[]), CAST(:times AS timestamptz[])) AS t(n, v, s, u) "
                 "ON CONFLICT (customer_id, name, origin_id) DO UPDATE SET value = EXCLUDED.value, "
                 "source = EXCLUDED.source, updated_at = EXCLUDED.updated_at "
@@ -438,6 +442,7 @@ class ProfileStore:
             ),
             {
                 "c": customer_id,
+                "o": origin_id or customer_id,
                 "names": [v.name for v in values],
                 "vals": [v.value for v in values],
                 "sources": [v.source for v in values],

@@ -357,11 +357,12 @@ def test_an_unmerge_gives_each_customer_back_the_attributes_it_set(
     merge = identity.Merge(identity_pb2.MergeRequest(survivor_id=survivor, absorbed_ids=[absorbed], reason="test"))
     wait_until(lambda: attributes(survivor) == {"city": "Paris", "given_name": "Ana"})
     update(survivor, "locale", "fr-FR", 1)  # set while they are one: stays with the survivor
+    update(absorbed, "gender", "female", 1)  # set through the absorbed id: goes back with it
 
     identity.Unmerge(identity_pb2.UnmergeRequest(customer_id=survivor, merge_id=merge.merge_id, reason="wrong"))
 
     wait_until(lambda: attributes(survivor) == {"city": "Lyon", "locale": "fr-FR"})
-    assert attributes(absorbed) == {"city": "Paris", "given_name": "Ana"}
+    assert attributes(absorbed) == {"city": "Paris", "gender": "female", "given_name": "Ana"}
 
 
 def test_identifiers_split_off_in_identity_take_their_events_to_the_new_customer(

@@ -17,6 +17,7 @@ from tailor_consent.domain.cache import ConsentCache, Records
 from tailor_consent.domain.model import Cause, ConsentRecord, Decision, Key
 from tailor_consent.domain.rules import decide, merge_consents
 from tailor_consent.domain.unmerges import (
+    Reverted,
     inherited_withdrawals,
     merge_request_id,
     removal,
@@ -118,26 +119,32 @@ class ConsentService:
         survivor back what it held without it; the restored customers (and a customer split off)
         take the withdrawals that cannot be attributed (domain/unmerges.py)."""
         survivor_id = unmerge.customer_id
-        changes: list[ConsentRecord] = []
-        since = None
+        applied = None
         if unmerge.merge_id:
             if not await self.store.add_reversed(session, unmerge.merge_id, unmerge.unmerge_id):
                 return []
+            # None: the merge never reached consent, and now never will.
             applied = await self.store.applied_merge(session, unmerge.merge_id)
-            if applied is not None:  # None: the merge never reached us, and now never will
-                since = applied.applied_at
-                changes += await self._revert(session, survivor_id, unmerge)
-        survivor_audit = await self.store.audit_of(session, survivor_id)
-        records = await self.store.records_of(session, [survivor_id, *unmerge.restored_ids])
-        held: dict[str, dict[Key, ConsentRecord]] = {customer: {} for customer in unmerge.restored_ids}
-        for record in records:
-            if record.customer_id != survivor_id:
-                held[record.customer_id][record.key] = record
+        # Asked once the reversal is recorded: the reversed merge no longer counts among these.
+        still_merged = await self.store.merged_into(session, survivor_id) if applied is not None else []
+        audit = await self.store.audit_of(session, survivor_id)
+        held: dict[str, dict[Key, ConsentRecord]] = {
+            customer: {} for customer in [survivor_id, *unmerge.restored_ids, *still_merged]
+        }
+        for record in await self.store.records_of(session, list(held)):
+            held[record.customer_id][record.key] = record
+        survivor = held.pop(survivor_id)
+        changes = []
+        if applied is not None:
+            others = [record for customer in still_merged for record in held.pop(customer).values()]
+            changes = await self._revert(
+                session, survivor_id, unmerge, revert_merge(unmerge.merge_id, audit, survivor, others)
+            )
         copies = inherited_withdrawals(
-            [record for record in records if record.customer_id == survivor_id],
-            {entry.record.request_id: entry.cause for entry in survivor_audit},
+            survivor.values(),
+            {entry.record.request_id: entry.cause for entry in audit},
             held,
-            since=since,
+            since=applied.applied_at if applied is not None else None,
             own_only=bool(unmerge.merge_id),
         )
         inherited = [
@@ -146,18 +153,10 @@ class ConsentService:
         ]
         return changes + await self._apply(session, inherited, Cause.UNMERGE)
 
-    async def _revert(self, session: AsyncSession, survivor_id: str, unmerge: Unmerge) -> list[ConsentRecord]:
-        """The survivor's keys the reversed merge still decides, given back (or removed). Called
-        once the reversal is recorded, so the merge no longer counts among those still applied."""
-        still_merged = await self.store.merged_into(session, survivor_id)
-        everything = await self.store.records_of(session, [survivor_id, *still_merged])
-        current = {record.key: record for record in everything if record.customer_id == survivor_id}
-        reverted = revert_merge(
-            unmerge.merge_id,
-            await self.store.audit_of(session, survivor_id),
-            current,
-            [record for record in everything if record.customer_id != survivor_id],
-        )
+    async def _revert(
+        self, session: AsyncSession, survivor_id: str, unmerge: Unmerge, reverted: Sequence[Reverted]
+    ) -> list[ConsentRecord]:
+        """Give the survivor back (or remove) the keys the reversed merge still decided."""
         now = datetime.now(UTC)
         announced: dict[Key, ConsentRecord] = {}
         replacements: list[tuple[Key, str, ConsentRecord | None]] = []

@@ -376,8 +376,8 @@ class ProfileService:
             timelines[moves.get(event_id, customer)].append(event)
         await self._rebuild(session, timelines, "unmerge", changed)
         log.info(
-            "separated %s from %s: %d event(s) and %d customer(s)' attributes moved, %d alias(es) repointed, "
-            "%d dropped",
+            "separated %s from %s: %d event(s) moved, attributes of %d origin(s) returned, %d alias(es) "
+            "repointed, %d dropped",
             ", ".join(unmerge.restored_ids),
             unmerge.customer_id,
             len(moves),

@@ -448,7 +448,7 @@ class ProfileService:
             )
             changed = await self.store.upsert_attributes(session, customer_id, values, origin_id=named)
             if changed:
-                current = {a.name: a.value for a in await self.store.attributes(session, customer_id)}
+                current = (await self._attribute_values(session, [customer_id])).get(customer_id, {})
                 update = {f"attribute.{v.name}": current.get(v.name, "") for v in values}
                 await self.outbox.add_many(
                     session, [self._updated(customer_id, update, "attributes", 0, now_timestamp())]

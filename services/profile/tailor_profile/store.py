@@ -369,10 +369,6 @@ class ProfileStore:
 
     # -- attributes ---------------------------------------------------------------------------
 
-    async def attributes(self, session: AsyncSession, customer_id: str) -> list[AttributeValue]:
-        rows = await session.execute(text(CURRENT_ATTRIBUTES.format(customer=":c")), {"c": customer_id})
-        return [AttributeValue(row.name, row.value, row.source, row.updated_at) for row in rows]
-
     async def attributes_of(
         self, session: AsyncSession, customer_ids: Sequence[str]
     ) -> dict[str, dict[str, AttributeValue]]:

@@ -296,13 +296,13 @@ async def measure_latency_at_rate(address: str, sizes: Sizes, report: Reporter) 
     finally:
         await pool.close()
     latencies.sort()
+    steal_pct = stolen()
     report.note(
         f"at {TARGET_RECORDS_PER_S:,} records/s offered ({len(batches) * BATCH / elapsed:,.0f} answered): per batch "
         f"p50 {quantile_ms(latencies, 0.5):.1f} ms, p90 {quantile_ms(latencies, 0.9):.1f} ms, "
-        f"p99 {quantile_ms(latencies, 0.99):.1f} ms, max {latencies[-1] * 1000:.1f} ms; CPU steal {stolen()}%"
+        f"p99 {quantile_ms(latencies, 0.99):.1f} ms, max {latencies[-1] * 1000:.1f} ms; CPU steal {steal_pct}%"
     )
     figures = {"identity.resolve_batch.p99_ms": round(quantile_ms(latencies, 0.99), 2)}
-    steal_pct = stolen()
     if steal_pct is not None:
         figures["identity.resolve_batch.steal_pct_at_rate"] = steal_pct
     return figures

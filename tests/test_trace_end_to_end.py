@@ -114,7 +114,7 @@ def test_identity_merge_is_one_trace_from_identity_to_consent(platform: Platform
     def complete(spans: list[ReceivedSpan]) -> bool:
         # Each process exports on its own schedule: wait for identity's spans too, not only the consumers'.
         published = any(s.kind == Span.SPAN_KIND_PRODUCER and "tailor.identity.merged" in s.name for s in spans)
-        consumers = [s for s in spans if s.kind == Span.SPAN_KIND_CONSUMER]
+        consumers = [s for s in spans if s.kind == Span.SPAN_KIND_CONSUMER and "tailor.identity.merged" in s.name]
         with_children = [c for c in consumers if any(s.parent_span_id == c.span_id for s in spans)]
         consent_done = "tailor-consent" in {c.service for c in consumers} and len(with_children) == len(consumers)
         return published and consent_done
@@ -130,6 +130,15 @@ def test_identity_merge_is_one_trace_from_identity_to_consent(platform: Platform
         assert consumer.parent_span_id == producer.span_id  # a child of the publish, not a new trace
         # the consumer's own work for the merge (its SQL) hangs under its span, in the same trace
         assert any(s.service == consumer.service and s.parent_span_id == consumer.span_id for s in spans)
+    # consent announces the merged-away customer (consent.changed) in the same trace, too
+    wait_for_spans(
+        receiver,
+        trace_id,
+        lambda found: any(
+            s.kind == Span.SPAN_KIND_PRODUCER and s.service == "tailor-consent" and "tailor.consent.changed" in s.name
+            for s in found
+        ),
+    )
 
 
 def test_statements_sent_straight_to_the_driver_are_traced(platform: Platform, receiver: OtlpReceiver) -> None:

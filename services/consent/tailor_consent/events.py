@@ -10,6 +10,7 @@ ConsentService.separate) and listens to
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.consent_pb2 import ConsentChanged
@@ -54,6 +55,19 @@ async def publish_changes(
         )
         for record in records
     ]
+    await outbox.add_many(session, envelopes)
+
+
+async def publish_redirects(
+    outbox: Outbox, session: AsyncSession, customer_ids: Sequence[str], merged_into: str, cause: Cause, at: datetime
+) -> None:
+    """A merge (merged_into: the survivor) or its reversal (merged_into empty) changed which
+    customer's consents decide for these."""
+    envelopes = []
+    for customer_id in customer_ids:
+        message = ConsentChanged(customer_id=customer_id, cause=cause.value, merged_into=merged_into)
+        message.changed_at.FromDatetime(at)
+        envelopes.append(new_envelope(CONSENT_CHANGED, outbox.source, message, customer_id=customer_id, time=at))
     await outbox.add_many(session, envelopes)
 
 

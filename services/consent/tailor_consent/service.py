@@ -13,7 +13,7 @@ from tailor_platform.db import Database
 from tailor_platform.errors import AlreadyExists
 
 from tailor_consent import events
-from tailor_consent.domain.cache import ConsentCache, Records
+from tailor_consent.domain.cache import ConsentCache, Records, Redirect
 from tailor_consent.domain.model import Cause, ConsentRecord, Decision, Key
 from tailor_consent.domain.rules import decide, merge_consents
 from tailor_consent.domain.unmerges import (
@@ -24,7 +24,7 @@ from tailor_consent.domain.unmerges import (
     revert_merge,
     unmerge_request_id,
 )
-from tailor_consent.store import ConsentStore
+from tailor_consent.store import MAX_ALIAS_CHAIN, ConsentStore
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,18 @@ class ConsentService:
     async def set_consent(self, record: ConsentRecord) -> tuple[ConsentRecord, bool]:
         """Apply a grant or withdrawal; returns the stored record and whether this call applied it.
         A retried request returns what the first one stored."""
-        previous = None
+        asked, previous = record.customer_id, None
         async with self.db.transaction() as session:
+            # A customer merged away: the consent is its survivor's (which decides for it now).
+            record = replace(record, customer_id=(await self.store.current_ids(session, [asked]))[asked])
             if record.request_id in await self.store.append_audit(session, [record], Cause.SET):
                 await self.store.upsert_current(session, [record])
                 await events.publish_changes(self.outbox, session, [record], Cause.SET)
             else:  # a retry: the audit log already holds this request
                 previous = (await self.store.audited(session, [record.request_id]))[record.request_id]
         if previous is not None:
-            if not previous.same_content(record):
+            first_target = previous.customer_id in (asked, record.customer_id)
+            if not first_target or not previous.same_content(replace(record, customer_id=previous.customer_id)):
                 raise AlreadyExists(f"request_id {record.request_id!r} was already used for a different consent")
             return previous, False
         self.cache.invalidate(record.customer_id)
@@ -61,6 +64,8 @@ class ConsentService:
         """Import records from another system; each applies once (by request id) and never
         overrides a newer stored consent. All of the batch commits together."""
         async with self.db.transaction() as session:
+            current = await self.store.current_ids(session, (record.customer_id for record in records))
+            records = [replace(record, customer_id=current[record.customer_id]) for record in records]
             new_ids = await self.store.append_audit(session, records, Cause.IMPORT)
             # A request id repeated inside the batch counts once, as its first occurrence.
             fresh = list({r.request_id: r for r in reversed(records) if r.request_id in new_ids}.values())
@@ -80,14 +85,20 @@ class ConsentService:
         return decide(await self.records(customer_id), purpose, channel)
 
     async def records(self, customer_id: str) -> Records:
-        cached = self.cache.get(customer_id)
-        if cached is not None:
+        """The records that decide for the customer: its own, or (merged away) its survivor's."""
+        for _ in range(MAX_ALIAS_CHAIN):
+            cached = self.cache.get(customer_id)
+            if not isinstance(cached, Redirect):
+                break
+            customer_id = cached.to
+        if cached is not None and not isinstance(cached, Redirect):
             return cached
         ticket = self.cache.ticket(customer_id)
         async with self.db.sessions() as session:
-            loaded = await self.store.records_of(session, [customer_id])
+            redirect, loaded = await self.store.current_records(session, customer_id)
         records = {record.key: record for record in loaded}
-        self.cache.put(customer_id, records, ticket)
+        # The records loaded are the chain's end: cached under that customer once asked for it.
+        self.cache.put(customer_id, Redirect(redirect) if redirect else records, ticket)
         return records
 
     async def history(self, customer_id: str, after_sequence: int, limit: int) -> list[tuple[int, str, ConsentRecord]]:
@@ -112,6 +123,9 @@ class ConsentService:
             for taken in merge_consents(survivor, absorbed)
         ]
         await self.store.record_merge(session, merge_id, survivor_id, absorbed_ids, now)
+        await events.publish_redirects(self.outbox, session, absorbed_ids, survivor_id, Cause.MERGE, now)
+        for customer in absorbed_ids:
+            self.cache.invalidate(customer)
         return await self._apply(session, changes, Cause.MERGE)
 
     async def separate(self, session: AsyncSession, unmerge: Unmerge) -> list[ConsentRecord]:
@@ -125,6 +139,13 @@ class ConsentService:
                 return []
             # None: the merge never reached consent, and now never will.
             applied = await self.store.applied_merge(session, unmerge.merge_id)
+            if applied is not None:
+                await self.store.drop_aliases(session, unmerge.merge_id)
+                await events.publish_redirects(
+                    self.outbox, session, unmerge.restored_ids, "", Cause.UNMERGE, datetime.now(UTC)
+                )
+                for restored in unmerge.restored_ids:
+                    self.cache.invalidate(restored)
         # Asked once the reversal is recorded: the reversed merge no longer counts among these.
         still_merged = await self.store.merged_into(session, survivor_id) if applied is not None else []
         audit = await self.store.audit_of(session, survivor_id)

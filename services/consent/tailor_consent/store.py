@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     Boolean,
     DateTime,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     false,
     func,
     select,
+    text,
     tuple_,
     update,
 )
@@ -103,15 +104,42 @@ class AuditRow(Base):
 
 
 class AppliedMergeRow(Base):
-    """Merges folded in (what a reversal needs: when, and who else is merged into a survivor)."""
+    """Merges folded in, and when (a reversal copies the withdrawals recorded since)."""
 
     __tablename__ = "applied_merge"
-    __table_args__ = (Index("ix_applied_merge_survivor_id", "survivor_id"),)
 
     merge_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    survivor_id: Mapped[str] = mapped_column(String(128))
-    absorbed_ids: Mapped[list[str]] = mapped_column(ARRAY(String(128)))
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AliasRow(Base):
+    """A customer merged into another: its consents are decided by the survivor's (following
+    chains: A into S, then S into T). Gone when the merge is reversed."""
+
+    __tablename__ = "customer_alias"
+    __table_args__ = (
+        Index("ix_customer_alias_survivor_id", "survivor_id"),
+        Index("ix_customer_alias_merge_id", "merge_id"),
+    )
+
+    absorbed_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    survivor_id: Mapped[str] = mapped_column(String(128))
+    merge_id: Mapped[str] = mapped_column(String(128))
+
+
+MAX_ALIAS_CHAIN = 32
+"""Merge chains are short; a longer one would be a cycle (a bug upstream), not followed further."""
+
+CURRENT_QUERY = text(
+    "WITH RECURSIVE chain(id, depth) AS (SELECT CAST(:c AS text), 0 UNION ALL "
+    "SELECT a.survivor_id, chain.depth + 1 FROM chain JOIN customer_alias a ON a.absorbed_id = chain.id "
+    f"WHERE chain.depth < {MAX_ALIAS_CHAIN}), "
+    "target AS (SELECT id FROM chain ORDER BY depth DESC LIMIT 1) "
+    "SELECT (SELECT survivor_id FROM customer_alias WHERE absorbed_id = :c) AS redirect, c.* "
+    "FROM target t LEFT JOIN consent c ON c.customer_id = t.id"
+)
+"""A customer's next hop (its survivor, if merged away) and the records of the customer at the end
+of its chain, in one round trip (CheckConsent's cache miss)."""
 
 
 class ReversedMergeRow(Base):
@@ -122,6 +150,21 @@ class ReversedMergeRow(Base):
     merge_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     unmerge_id: Mapped[str] = mapped_column(String(128))
     reversed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+def _record_of(row: Mapping[Any, Any]) -> ConsentRecord:
+    """A current record from a row of the consent table read as text SQL."""
+    return ConsentRecord(
+        row["customer_id"],
+        row["purpose"],
+        row["channel"],
+        row["granted"],
+        row["source"],
+        row["legal_basis"],
+        row["policy_version"],
+        row["updated_at"],
+        row["request_id"],
+    )
 
 
 def _columns(record: ConsentRecord) -> dict[str, object]:
@@ -208,6 +251,29 @@ class ConsentStore:
         )
         return [row.record() for row in rows]
 
+    async def current_records(self, session: AsyncSession, customer_id: str) -> tuple[str | None, list[ConsentRecord]]:
+        """The customer it was merged into (None: not merged away), and the records that decide
+        for it: its own, or those of the customer at the end of its merge chain."""
+        rows = (await session.execute(CURRENT_QUERY, {"c": customer_id})).mappings().all()
+        records = [_record_of(row) for row in rows if row["customer_id"] is not None]
+        return (rows[0]["redirect"] if rows else None), records
+
+    async def current_ids(self, session: AsyncSession, customer_ids: Iterable[str]) -> dict[str, str]:
+        """Each customer id -> the customer that decides for it now (itself, or the end of its
+        merge chain)."""
+        asked = list(dict.fromkeys(customer_ids))
+        rows = await session.execute(
+            text(
+                "WITH RECURSIVE chain(asked, id, depth) AS (SELECT k, k, 0 FROM unnest(CAST(:c AS text[])) AS k "
+                "UNION ALL SELECT chain.asked, a.survivor_id, chain.depth + 1 FROM chain "
+                "JOIN customer_alias a ON a.absorbed_id = chain.id "
+                f"WHERE chain.depth < {MAX_ALIAS_CHAIN}) "
+                "SELECT DISTINCT ON (asked) asked, id FROM chain ORDER BY asked, depth DESC"
+            ),
+            {"c": asked},
+        )
+        return {row.asked: row.id for row in rows}
+
     async def audit_of(self, session: AsyncSession, customer_id: str) -> list[AuditEntry]:
         """A customer's whole audit log, oldest first (a reversal replays it)."""
         rows = await session.scalars(
@@ -243,25 +309,32 @@ class ConsentStore:
     async def record_merge(
         self, session: AsyncSession, merge_id: str, survivor_id: str, absorbed_ids: Sequence[str], at: datetime
     ) -> None:
+        """The merge is applied; its absorbed customers are decided by the survivor from now on."""
         await session.execute(
             insert(AppliedMergeRow)
-            .values(merge_id=merge_id, survivor_id=survivor_id, absorbed_ids=list(absorbed_ids), applied_at=at)
+            .values(merge_id=merge_id, applied_at=at)
             .on_conflict_do_nothing(index_elements=["merge_id"])
         )
+        aliases = insert(AliasRow).values(
+            [{"absorbed_id": absorbed, "survivor_id": survivor_id, "merge_id": merge_id} for absorbed in absorbed_ids]
+        )
+        await session.execute(
+            aliases.on_conflict_do_update(
+                index_elements=["absorbed_id"],
+                set_={"survivor_id": aliases.excluded.survivor_id, "merge_id": aliases.excluded.merge_id},
+            )
+        )
+
+    async def drop_aliases(self, session: AsyncSession, merge_id: str) -> None:
+        """The merge is reversed: its absorbed customers decide for themselves again."""
+        await session.execute(delete(AliasRow).where(AliasRow.merge_id == merge_id))
 
     async def applied_merge(self, session: AsyncSession, merge_id: str) -> AppliedMergeRow | None:
         return await session.get(AppliedMergeRow, merge_id)
 
     async def merged_into(self, session: AsyncSession, survivor_id: str) -> list[str]:
-        """The customers merged into this survivor by merges that are not reversed."""
-        rows = await session.scalars(
-            select(func.unnest(AppliedMergeRow.absorbed_ids)).where(
-                AppliedMergeRow.survivor_id == survivor_id,
-                ~select(ReversedMergeRow.merge_id)
-                .where(ReversedMergeRow.merge_id == AppliedMergeRow.merge_id)
-                .exists(),
-            )
-        )
+        """The customers merged into this survivor (by merges not reversed)."""
+        rows = await session.scalars(select(AliasRow.absorbed_id).where(AliasRow.survivor_id == survivor_id))
         return list(rows)
 
     async def is_reversed(self, session: AsyncSession, merge_id: str) -> bool:

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime
 
-from tailor_consent.domain.cache import ConsentCache
+from tailor_consent.domain.cache import ConsentCache, Redirect
 from tailor_consent.domain.model import ConsentRecord
 
 RECORD = ConsentRecord("c1", "marketing", "email", True, "web", "consent", "v1", datetime.now(UTC), "r1")
@@ -45,3 +45,11 @@ def test_invalidation_counters_stay_bounded() -> None:
     for number in range(10):
         cache.invalidate(f"c{number}")
     assert len(cache._generations) <= 4
+
+
+def test_a_merged_away_customer_is_a_redirect_dropped_like_any_entry() -> None:
+    cache = ConsentCache(10)
+    assert cache.put("absorbed", Redirect("survivor"), cache.ticket("absorbed"))
+    assert cache.get("absorbed") == Redirect("survivor")
+    cache.invalidate("absorbed")  # the merge was reversed
+    assert cache.get("absorbed") is None

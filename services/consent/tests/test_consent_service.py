@@ -336,6 +336,34 @@ def test_identity_unmerged_gives_each_customer_back_its_own_consents(
     assert sorted((c.purpose, c.channel) for c in own) == [("marketing", "email"), ("marketing", "sms")]
 
 
+def test_a_merged_away_id_is_answered_and_changed_through_its_survivor(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    survivor, absorbed = customer(), customer()
+    stub.SetConsent(set_request(absorbed, "marketing", "email", True))
+    stub.SetConsent(set_request(survivor, "analytics", "", True))
+    assert reason(stub, absorbed, "analytics") == "no_consent_recorded"  # cached: its own records
+    merge = merged_envelope(survivor, [absorbed])
+    deliver(platform, merge, "tailor.identity.merged")
+    wait_until(lambda: allowed(stub, absorbed, "analytics"))  # now decided by the survivor's
+
+    stub.SetConsent(set_request(survivor, "marketing", "email", False))  # through the survivor's id
+    assert reason(stub, absorbed, "marketing", "email") == "withdrawn"
+    stub.SetConsent(set_request(absorbed, "profiling", "", False))  # through the absorbed id
+    assert reason(stub, survivor, "profiling") == "withdrawn"
+    consents = stub.GetConsents(pb.GetConsentsRequest(customer_id=absorbed)).consents
+    assert {c.customer_id for c in consents} == {survivor}
+    assert [e.purpose for e in entries(stub, absorbed, "set")] == ["marketing"]  # its own log stays
+
+    merge_id = unpack(merge, IdentityMerged).merge_id
+    deliver(platform, unmerged_envelope(survivor, [absorbed], merge_id), "tailor.identity.unmerged")
+
+    wait_until(lambda: reason(stub, absorbed, "analytics") == "no_consent_recorded")  # its own again
+    assert reason(stub, absorbed, "marketing", "email") == "withdrawn"  # recorded while merged: both
+    assert reason(stub, absorbed, "profiling") == "withdrawn"
+    assert allowed(stub, survivor, "analytics")
+
+
 def test_a_merge_reversed_before_it_arrived_is_never_applied(
     platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
 ) -> None:

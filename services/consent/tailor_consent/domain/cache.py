@@ -1,6 +1,8 @@
-"""The CheckConsent cache: each customer's records, in memory, bounded (least recently used out).
+"""The CheckConsent cache: each customer's records, in memory, bounded (least recently used out);
+for a customer merged into another, a redirect to it instead.
 
-Kept exact by invalidation: a local write and every consent.changed message drop the customer.
+Kept exact by invalidation: a local write and every consent.changed message drop the customer
+(a merge or its reversal announces the customers it redirects, see events.py).
 A read that missed loads from the database; if the customer was invalidated while that load was
 in flight, the loaded (possibly stale) records are not cached — a per-customer generation counter
 tells.
@@ -9,6 +11,7 @@ tells.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from tailor_platform.lru import LruCache
 
@@ -17,10 +20,20 @@ from tailor_consent.domain.model import ConsentRecord, Key
 Records = Mapping[Key, ConsentRecord]
 
 
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A customer merged into another: its consents are decided by `to`'s."""
+
+    to: str
+
+
+Entry = Records | Redirect
+
+
 class ConsentCache:
     def __init__(self, max_customers: int) -> None:
         self.max_customers = max_customers
-        self._entries: LruCache[str, Records] = LruCache(max_customers)
+        self._entries: LruCache[str, Entry] = LruCache(max_customers)
         self._generations: dict[str, int] = {}
         self._epoch = 0
 
@@ -32,17 +45,17 @@ class ConsentCache:
     def misses(self) -> int:
         return self._entries.misses
 
-    def get(self, customer_id: str) -> Records | None:
+    def get(self, customer_id: str) -> Entry | None:
         return self._entries.get(customer_id)
 
     def ticket(self, customer_id: str) -> tuple[int, int]:
         """Taken before loading from the database; `put` accepts the load only if still current."""
         return (self._epoch, self._generations.get(customer_id, 0))
 
-    def put(self, customer_id: str, records: Records, ticket: tuple[int, int]) -> bool:
+    def put(self, customer_id: str, entry: Entry, ticket: tuple[int, int]) -> bool:
         if ticket != self.ticket(customer_id):
             return False
-        evicted = self._entries.put(customer_id, records)
+        evicted = self._entries.put(customer_id, entry)
         if evicted is not None:
             self._generations.pop(evicted, None)
         return True

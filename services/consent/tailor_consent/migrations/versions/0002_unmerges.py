@@ -1,4 +1,5 @@
-"""Reversible merges: the merges applied, the merges identity reversed, and removals in the audit.
+"""Merges: the ones applied, the customers merged into others (their consents are decided by
+the survivor's), the merges identity reversed, and removals in the audit.
 
 Revision ID: 0002
 Revises: 0001
@@ -20,12 +21,18 @@ def upgrade() -> None:
     op.create_table(
         "applied_merge",
         sa.Column("merge_id", sa.String(128), nullable=False),
-        sa.Column("survivor_id", sa.String(128), nullable=False),
-        sa.Column("absorbed_ids", sa.ARRAY(sa.String(128)), nullable=False),
         sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("merge_id", name="pk_applied_merge"),
     )
-    op.create_index("ix_applied_merge_survivor_id", "applied_merge", ["survivor_id"])
+    op.create_table(
+        "customer_alias",
+        sa.Column("absorbed_id", sa.String(128), nullable=False),
+        sa.Column("survivor_id", sa.String(128), nullable=False),
+        sa.Column("merge_id", sa.String(128), nullable=False),
+        sa.PrimaryKeyConstraint("absorbed_id", name="pk_customer_alias"),
+    )
+    op.create_index("ix_customer_alias_survivor_id", "customer_alias", ["survivor_id"])
+    op.create_index("ix_customer_alias_merge_id", "customer_alias", ["merge_id"])
     op.create_table(
         "reversed_merge",
         sa.Column("merge_id", sa.String(128), nullable=False),
@@ -40,5 +47,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("consent_audit", "removed")
     op.drop_table("reversed_merge")
-    op.drop_index("ix_applied_merge_survivor_id", table_name="applied_merge")
+    op.drop_table("customer_alias")
     op.drop_table("applied_merge")

@@ -97,7 +97,8 @@ class ConsentService:
         async with self.db.sessions() as session:
             redirect, loaded = await self.store.current_records(session, customer_id)
         records = {record.key: record for record in loaded}
-        # The records loaded are the chain's end: cached under that customer once asked for it.
+        # A merged-away customer caches only its next hop (under its own ticket); the records,
+        # its chain end's, are cached when asked for under that customer's own id and ticket.
         self.cache.put(customer_id, Redirect(redirect) if redirect else records, ticket)
         return records
 

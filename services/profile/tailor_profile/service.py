@@ -329,7 +329,9 @@ class ProfileService:
                     merged = combine(merged, states.pop(customer), self.settings)
             states[survivor] = merged
         await self.store.move_timelines(session, plan.final)
-        await self.store.move_attributes(session, plan.final)
+        await self.store.move_attributes(
+            session, {(absorbed, None): survivor for absorbed, survivor in plan.final.items()}
+        )
         await self.store.add_aliases(session, plan.final, plan.merge_ids, [survivor for survivor, _ in plan.steps])
         await self.store.delete_states(session, absorbed)
         kept = {s: states[s] for s in plan.survivors if states[s].events or s in before}
@@ -369,7 +371,7 @@ class ProfileService:
         await self.store.move_events(session, moves)
         await self.store.repoint_aliases(session, point, drop)
         attributes = await self._attribute_values(session, [*involved, *gaining])
-        await self.store.return_attributes(session, returns)
+        await self.store.move_attributes(session, returns)
         changed = attribute_changes(attributes, await self._attribute_values(session, [*involved, *gaining]))
         timelines: dict[str, list[pb.Event]] = {customer: [] for customer in [*involved, *gaining]}
         for event_id, customer, event in [*stored, *await self._events_of(session, gaining)]:

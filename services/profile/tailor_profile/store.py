@@ -396,9 +396,12 @@ class ProfileStore:
             origins.setdefault(customer, set()).add(origin)
         return origins
 
-    async def return_attributes(self, session: AsyncSession, moves: Mapping[tuple[str, str], str]) -> None:
-        """(holder, origin) -> customer: move the rows one customer set from where they are to
-        where they belong now (a row already there for the same name and origin: the newer stays)."""
+    async def move_attributes(
+        self, session: AsyncSession, moves: Mapping[tuple[str, str], str] | Mapping[tuple[str, None], str]
+    ) -> None:
+        """(holder, origin) -> customer: move the rows that origin set (None: every row) from the
+        holder to the customer, each keeping its origin (a merge folds, an unmerge gives back). A
+        row already there for the same name and origin: the newer stays."""
         if not moves:
             return
         holders, origins = zip(*moves, strict=True)
@@ -406,7 +409,8 @@ class ProfileStore:
         await driver.execute(
             "WITH m AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS m(holder, origin, target)), "
             "moved AS (DELETE FROM profile_attribute a USING m WHERE a.customer_id = m.holder "
-            "AND a.origin_id = m.origin RETURNING m.target, a.name, a.value, a.source, a.updated_at, a.origin_id) "
+            "AND (m.origin IS NULL OR a.origin_id = m.origin) "
+            "RETURNING m.target, a.name, a.value, a.source, a.updated_at, a.origin_id) "
             "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at, origin_id) "
             "SELECT DISTINCT ON (target, name, origin_id) * FROM moved "
             "ORDER BY target, name, origin_id, updated_at DESC "
@@ -446,24 +450,6 @@ class ProfileStore:
             },
         )
         return len(result.all())
-
-    async def move_attributes(self, session: AsyncSession, final: Mapping[str, str]) -> None:
-        """Move absorbed customers' attributes to where they ended, each row keeping its origin (the
-        newest row of a name is the value)."""
-        driver = await driver_connection(session)
-        await driver.execute(
-            "INSERT INTO profile_attribute (customer_id, name, value, source, updated_at, origin_id) "
-            "SELECT DISTINCT ON (m.survivor, a.name, a.origin_id) m.survivor, a.name, a.value, a.source, "
-            "a.updated_at, a.origin_id "
-            "FROM profile_attribute a JOIN unnest($1::text[], $2::text[]) AS m(absorbed, survivor) "
-            "ON a.customer_id = m.absorbed ORDER BY m.survivor, a.name, a.origin_id, a.updated_at DESC "
-            "ON CONFLICT (customer_id, name, origin_id) DO UPDATE SET value = EXCLUDED.value, "
-            "source = EXCLUDED.source, updated_at = EXCLUDED.updated_at "
-            "WHERE profile_attribute.updated_at < EXCLUDED.updated_at",
-            list(final),
-            list(final.values()),
-        )
-        await driver.execute("DELETE FROM profile_attribute WHERE customer_id = ANY($1::text[])", list(final))
 
     # -- timeline -----------------------------------------------------------------------------
 

@@ -1,23 +1,6 @@
-from datetime import UTC, datetime, timedelta
-
 from tailor_consent.domain.model import ConsentRecord, Reason
 from tailor_consent.domain.rules import decide, merge_consents
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def record(customer: str, purpose: str, channel: str, granted: bool, minutes: int) -> ConsentRecord:
-    return ConsentRecord(
-        customer,
-        purpose,
-        channel,
-        granted,
-        "web",
-        "consent",
-        "v1",
-        T0 + timedelta(minutes=minutes),
-        f"{customer}-{purpose}-{channel}-{minutes}",
-    )
+from tailor_consent.testing import record
 
 
 def by_key(*records: ConsentRecord) -> dict[tuple[str, str], ConsentRecord]:

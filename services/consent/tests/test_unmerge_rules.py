@@ -1,5 +1,5 @@
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from tailor_consent.domain.model import Cause, ConsentRecord
 from tailor_consent.domain.rules import merge_consents
@@ -12,23 +12,9 @@ from tailor_consent.domain.unmerges import (
     replay,
     revert_merge,
 )
+from tailor_consent.testing import T0, record
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MERGED_AT = T0 + timedelta(days=10)
-
-
-def record(customer: str, purpose: str, channel: str, granted: bool, minutes: int) -> ConsentRecord:
-    return ConsentRecord(
-        customer,
-        purpose,
-        channel,
-        granted,
-        "web",
-        "consent",
-        "v1",
-        T0 + timedelta(minutes=minutes),
-        f"{customer}-{purpose}-{channel}-{minutes}",
-    )
 
 
 class Survivor:

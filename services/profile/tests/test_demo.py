@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 from tailor_platform.validation import Validator
-from tailor_profile.demo.cli import demo_data, example_commands, show_profile
+from tailor_profile.cli import show_profile
+from tailor_profile.demo.cli import demo_data, example_commands
 from tailor_profile.demo.generator import PURCHASES, DemoConfig, population
 from tailor_profile.testing import INTAKE
 from typer.testing import CliRunner

@@ -4,6 +4,7 @@ launcher), called over real gRPC, with a real PostgreSQL and NATS JetStream behi
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
@@ -13,6 +14,7 @@ from typing import Any
 import grpc
 import nats
 import pytest
+import typer
 from google.protobuf import json_format
 from nats.js.api import DeliverPolicy
 from tailor.common.v1.common_pb2 import PageRequest
@@ -26,6 +28,7 @@ from tailor.profile.v1 import profile_pb2_grpc
 from tailor_cli.launcher import Platform
 from tailor_platform.bus.envelope import new_envelope, unpack
 from tailor_platform.errors import field_violations
+from tailor_profile.cli import show_profile
 from tailor_profile.demo.generator import DemoConfig, interleaved, population
 from tailor_profile.intake import identity_records
 from tailor_profile.testing import (
@@ -39,6 +42,7 @@ from tailor_profile.testing import (
     stamp,
     wait_until,
 )
+from typer.testing import CliRunner
 
 Stub = profile_pb2_grpc.ProfileServiceStub
 
@@ -113,6 +117,36 @@ def test_ingested_events_land_on_one_profile_with_their_traits(stub: Stub) -> No
     )
     assert (traits.channel_mix, traits.favourite_store_id, traits.page_views_7d) == ("omnichannel", "s-1", 1)
     assert [a.category for a in traits.category_affinity] == ["shoes"]
+
+
+def test_the_profile_command_shows_a_customer_by_email_as_tables_or_json(platform: Platform, stub: Stub) -> None:
+    who = email()
+    events = [
+        make_event("page_view", ago(days=2), email=who, page_view=pb.PageView(url="/shoes")),
+        make_event("order_completed", ago(days=1), email=who, purchase=purchase(item(quantity=2, price=2500))),
+    ]
+    customer = ingest(stub, events).results[0].customer_id
+    app = typer.Typer()
+    app.command("profile")(show_profile)
+    app.command("other")(lambda: None)  # two commands: `profile` stays a subcommand, as in `tailor`
+    address = ["--address", platform.address("profile")]
+
+    shown = CliRunner().invoke(app, ["profile", "--email", who, "--events", "1", *address])
+    assert shown.exit_code == 0, shown.output
+    assert customer in shown.output
+    assert "50.00" in shown.output  # revenue 5000 minor units
+    assert "latest events" in shown.output and "order_completed" in shown.output
+    assert "page_view" not in shown.output  # only the latest event
+
+    as_json = CliRunner().invoke(app, ["profile", customer, "--events", "2", "--json", *address])
+    assert as_json.exit_code == 0, as_json.output
+    document = json.loads(as_json.output)
+    assert document["profile"]["customerId"] == customer
+    assert [event["type"] for event in document["events"]] == ["order_completed", "page_view"]
+
+    unknown = CliRunner().invoke(app, ["profile", "--email", email(), *address])
+    assert unknown.exit_code == 1
+    assert "NOT_FOUND" in unknown.output and "Traceback" not in unknown.output
 
 
 def test_a_resent_event_changes_nothing(stub: Stub) -> None:

@@ -14,8 +14,6 @@ import typer
 from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from tailor.common.v1.common_pb2 import PageRequest
-from tailor.identity.v1 import identity_pb2
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor.profile.v1 import profile_pb2_grpc
 
@@ -122,30 +120,6 @@ def example_commands(truth_path: Path, count: int = 3) -> list[str]:
     if persons:
         commands.append(f"tailor profile --email {email} --events 5")
     return commands
-
-
-def show_profile(
-    customer_id: Annotated[str, typer.Argument(help="A customer id (or use --email).")] = "",
-    email: Annotated[str, typer.Option(help="Find the customer by email.")] = "",
-    events: Annotated[int, typer.Option(help="Also show this many latest events.")] = 0,
-    address: Annotated[str, typer.Option(help="host:port of the profile service.")] = "127.0.0.1:50052",
-) -> None:
-    """Show a customer's profile (attributes and computed traits) and latest events as JSON."""
-    if not customer_id and not email:
-        raise typer.BadParameter("give a customer id or --email")
-    request = pb.GetProfileRequest(customer_id=customer_id)
-    if email:
-        request = pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="email", value=email))
-    with grpc.insecure_channel(address) as channel:
-        stub = profile_pb2_grpc.ProfileServiceStub(channel)
-        profile = stub.GetProfile(request, timeout=10)
-        console.print_json(json_format.MessageToJson(profile))
-        if events:
-            page = stub.ListEvents(
-                pb.ListEventsRequest(customer_id=profile.customer_id, page=PageRequest(page_size=events)), timeout=10
-            )
-            for entry in page.events:
-                console.print_json(json_format.MessageToJson(entry.event))
 
 
 def main() -> None:  # pragma: no cover - `python -m tailor_profile.demo.cli`

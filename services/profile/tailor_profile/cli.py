@@ -1,0 +1,216 @@
+"""`tailor profile`: a customer's profile and latest events, as tables for people or as one JSON
+document for tools (`--json`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from tailor.common.v1.common_pb2 import PageRequest
+from tailor.identity.v1 import identity_pb2
+from tailor.profile.v1 import profile_pb2 as pb
+from tailor.profile.v1 import profile_pb2_grpc
+
+console = Console()
+errors = Console(stderr=True)
+SUMMARY_WIDTH = 60
+
+
+def show_profile(
+    customer_id: Annotated[str, typer.Argument(help="A customer id (or use --email).")] = "",
+    email: Annotated[str, typer.Option(help="Find the customer by email.")] = "",
+    events: Annotated[int, typer.Option(help="Also show this many latest events.", min=0, max=1000)] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document (profile, events) for tools.")] = False,
+    address: Annotated[str, typer.Option(help="host:port of the profile service.")] = "127.0.0.1:50052",
+) -> None:
+    """Show a customer's profile (attributes and computed traits) and latest events."""
+    if not customer_id and not email:
+        raise typer.BadParameter("give a customer id or --email")
+    request = pb.GetProfileRequest(customer_id=customer_id)
+    if email:
+        request = pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="email", value=email))
+    try:
+        profile, timeline = fetch(address, request, events)
+    except grpc.RpcError as error:
+        errors.print(_failure(error))
+        raise typer.Exit(1) from None
+    if as_json:
+        document = {
+            "profile": json_format.MessageToDict(profile),
+            "events": [json_format.MessageToDict(event) for event in timeline],
+        }
+        typer.echo(json.dumps(document, indent=2))  # plain: no wrapping or markup for tools to trip on
+    else:
+        console.print(profile_view(profile, timeline))
+
+
+def fetch(address: str, request: pb.GetProfileRequest, events: int) -> tuple[pb.Profile, list[pb.Event]]:
+    with grpc.insecure_channel(address) as channel:
+        stub = profile_pb2_grpc.ProfileServiceStub(channel)
+        profile: pb.Profile = stub.GetProfile(request, timeout=10)
+        if not events:
+            return profile, []
+        page = stub.ListEvents(
+            pb.ListEventsRequest(customer_id=profile.customer_id, page=PageRequest(page_size=events)), timeout=10
+        )
+        return profile, [entry.event for entry in page.events]
+
+
+# -- views ------------------------------------------------------------------------------------------
+
+
+def profile_view(profile: pb.Profile, timeline: Sequence[pb.Event] = ()) -> RenderableType:
+    """The profile as tables, the latest events last. Money is in the base currency."""
+    title = f"[bold]customer {profile.customer_id}[/] · evaluated {_time(profile.evaluated_at)}"
+    if not profile.known:
+        return Group(title, "nothing is stored for this customer yet")
+    traits = profile.traits
+    parts: list[RenderableType] = [title]
+    if profile.attributes:
+        parts.append(attributes_table(profile.attributes))
+    parts += [activity_table(traits), windows_table(traits), value_table(traits)]
+    if traits.category_affinity:
+        parts.append(affinity_table(traits.category_affinity))
+    if traits.channel_events:
+        parts.append(channels_table(traits.channel_events))
+    if traits.open_cart.items:
+        parts.append(cart_table(traits.open_cart))
+    if timeline:
+        parts.append(events_table(timeline))
+    return Group(*parts)
+
+
+def attributes_table(attributes: Iterable[pb.Attribute]) -> Table:
+    table = _table("attributes", "name", "value", "source", "updated")
+    for attribute in attributes:
+        table.add_row(attribute.name, attribute.value, attribute.source, _time(attribute.updated_at))
+    return table
+
+
+def activity_table(traits: pb.Traits) -> Table:
+    mix = traits.channel_mix or "no purchase yet"
+    if traits.channel_mix:
+        mix += f" ({traits.online_orders} online, {traits.offline_orders} in store)"
+    return _pairs(
+        "activity",
+        [
+            ("first seen", _time(traits.first_seen_at)),
+            ("last seen", _time(traits.last_seen_at)),
+            ("last purchase", _time(traits.last_purchase_at)),
+            ("events", f"{traits.events:,}"),
+            ("page views, last 7 days", f"{traits.page_views_7d:,}"),
+            ("channel mix", mix),
+            ("favourite store", traits.favourite_store_id or "—"),
+            ("open support tickets", str(traits.open_support_tickets)),
+            ("return rate", f"{traits.return_rate:.1%} ({_money(traits.returned_minor)} returned)"),
+        ],
+    )
+
+
+def windows_table(traits: pb.Traits) -> Table:
+    table = _table("orders and revenue", "window", "orders", "revenue", numeric=(1, 2))
+    for label, window in (("30 days", traits.last_30d), ("90 days", traits.last_90d), ("365 days", traits.last_365d)):
+        table.add_row(label, f"{window.orders:,}", _money(window.revenue_minor))
+    table.add_row("lifetime", f"{traits.orders:,}", _money(traits.revenue_minor))
+    table.caption = f"average order value {_money(traits.average_order_value_minor)}"
+    return table
+
+
+def value_table(traits: pb.Traits) -> Table:
+    rfm, loyalty = traits.rfm, traits.loyalty
+    recency = f"{rfm.recency_days} days" if rfm.recency_days >= 0 else "never purchased"
+    next_tier = (
+        f"{_money(loyalty.amount_to_next_tier_minor)} more for {loyalty.next_tier}" if loyalty.next_tier else "top tier"
+    )
+    return _pairs(
+        "value and loyalty",
+        [
+            ("RFM scores (1-5)", f"R {rfm.recency_score} · F {rfm.frequency_score} · M {rfm.monetary_score}"),
+            ("recency", recency),
+            ("orders, last 365 days", f"{rfm.frequency:,}"),
+            ("net spend, last 365 days", _money(rfm.monetary_minor)),
+            ("loyalty points", f"{loyalty.points_balance:,}"),
+            ("tier", f"{loyalty.tier or '—'} (12-month spend {_money(loyalty.spend_12m_minor)})"),
+            ("next tier", next_tier),
+        ],
+    )
+
+
+def affinity_table(affinities: Iterable[pb.CategoryAffinity]) -> Table:
+    table = _table("category affinity", "category", "share of interest", numeric=(1,))
+    for affinity in affinities:
+        table.add_row(affinity.category, f"{affinity.score:.0%}")
+    return table
+
+
+def channels_table(events_per_channel: Mapping[str, int]) -> Table:
+    table = _table("channels", "channel", "events", numeric=(1,))
+    for channel, count in sorted(events_per_channel.items(), key=lambda item: (-item[1], item[0])):
+        table.add_row(channel, f"{count:,}")
+    return table
+
+
+def cart_table(cart: pb.OpenCart) -> Table:
+    table = _table("open cart", "sku", "category", "quantity", "unit price", numeric=(2, 3))
+    for line in cart.items:
+        table.add_row(line.sku, line.category, str(line.quantity), _money(line.unit_price_minor))
+    table.caption = f"value {_money(cart.value_minor)} · last activity {_time(cart.last_activity_at)}"
+    return table
+
+
+def events_table(timeline: Iterable[pb.Event]) -> Table:
+    table = _table("latest events", "time", "type", "channel", "store", "details")
+    for event in timeline:
+        table.add_row(_time(event.timestamp), event.type, event.channel, event.store_id, event_details(event))
+    return table
+
+
+def event_details(event: pb.Event) -> str:
+    """The event's payload on one line, cut to SUMMARY_WIDTH characters."""
+    payload = event.WhichOneof("payload")
+    if payload is None:
+        return ""
+    fields = json_format.MessageToDict(getattr(event, payload))
+    text = json.dumps(fields, separators=(", ", ": "))[1:-1].replace('"', "")
+    return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1] + "…"
+
+
+def _table(title: str, *columns: str, numeric: Sequence[int] = ()) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+    for position, column in enumerate(columns):
+        table.add_column(column, justify="right" if position in numeric else "left")
+    return table
+
+
+def _pairs(title: str, rows: Iterable[tuple[str, object]]) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_header=False)
+    table.add_column(style="dim")
+    table.add_column()
+    for name, value in rows:
+        table.add_row(name, str(value))
+    return table
+
+
+def _failure(error: grpc.RpcError) -> str:
+    if isinstance(error, grpc.Call):
+        return f"[red]{error.code().name}[/]: {error.details()}"
+    return f"[red]the call failed[/]: {error}"
+
+
+def _time(moment: Timestamp) -> str:
+    if not moment.seconds and not moment.nanos:
+        return "—"
+    return moment.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _money(minor: int) -> str:
+    return f"{minor / 100:,.2f}"

@@ -142,9 +142,14 @@ def health(
 
 
 def _add_service_commands() -> None:
-    """Sub-commands that installed service packages bring (entry points `tailor.commands`)."""
+    """Sub-commands that installed service packages bring (entry points `tailor.commands`): a
+    function is one command, a Typer app a group of them (`tailor identity graph ...`)."""
     for entry in entry_points(group="tailor.commands"):
-        app.command(entry.name)(entry.load())
+        command = entry.load()
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=entry.name)
+        else:
+            app.command(entry.name)(command)
 
 
 @app.command("services")

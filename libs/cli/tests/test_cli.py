@@ -71,6 +71,16 @@ def test_health_fails_for_an_address_where_nothing_listens() -> None:
     assert "UNREACHABLE" in result.stdout
 
 
+def test_service_packages_bring_their_commands_and_groups_of_commands() -> None:
+    """Entry points `tailor.commands`: a function is a command, a Typer app a group."""
+    top = tailor("--help")
+    assert top.returncode == 0 and "demo-data" in top.stdout and "profile" in top.stdout
+    group = tailor("identity", "--help")
+    assert group.returncode == 0, group.stderr
+    for command in ("graph", "candidates", "review", "merge", "unmerge", "rekey"):
+        assert command in group.stdout
+
+
 def test_unknown_service_is_a_clear_error() -> None:
     result = tailor("migrate", "billing")
     assert result.returncode != 0

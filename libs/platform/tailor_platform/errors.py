@@ -100,6 +100,18 @@ def field_violations(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[FieldV
     return []
 
 
+def describe(error: grpc.RpcError) -> str:
+    """A failed call on one line for people (command-line tools): the status code, the message,
+    and each offending field."""
+    if not isinstance(error, grpc.Call):
+        return f"the call failed: {error}"
+    text = f"{error.code().name}: {error.details()}"
+    violations = field_violations(error)
+    if violations:
+        text += " (" + "; ".join(f"{v.field}: {v.description}" for v in violations) + ")"
+    return text
+
+
 __all__ = [
     "AlreadyExists",
     "FailedPrecondition",
@@ -110,5 +122,6 @@ __all__ = [
     "TailorError",
     "Unauthenticated",
     "Unavailable",
+    "describe",
     "field_violations",
 ]

@@ -1,21 +1,146 @@
-"""`tailor identity-rekey`: finish a key rotation by calling ReKey until nothing is left."""
+"""`tailor identity ...`: what an operator or data steward does by hand. Look at a customer's
+identity graph, work the review queue of probable duplicates, merge and unmerge, and finish a key
+rotation. Output is tables; a failed call is one line with its status code (exit code 1)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import grpc
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from tailor.common.v1.common_pb2 import PageRequest
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
+from tailor_platform.terminal import exit_on_failed_call, moment, titled_table
 
 console = Console()
+app = typer.Typer(
+    name="identity",
+    help="Identity graphs, the review queue of probable duplicates, merges, key rotation.",
+    no_args_is_help=True,
+)
+Stub = identity_pb2_grpc.IdentityServiceStub
+Address = Annotated[str, typer.Option(help="host:port of the identity service.")]
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+Reason = Annotated[str, typer.Option(help="Why: kept in the merge log.")]
 
 
+@contextmanager
+def identity_stub(address: str) -> Iterator[Stub]:
+    """A stub for the duration of a command; a failed call ends the command with its status."""
+    with exit_on_failed_call(), grpc.insecure_channel(address) as channel:
+        yield identity_pb2_grpc.IdentityServiceStub(channel)
+
+
+def parse_identifier(text: str) -> pb.Identifier:
+    """TYPE:VALUE, or external:NAMESPACE:VALUE."""
+    kind, _, rest = text.partition(":")
+    if not rest:
+        raise typer.BadParameter(f"{text!r}: expected TYPE:VALUE, e.g. email:ann@example.com")
+    if kind == "external":
+        namespace, _, value = rest.partition(":")
+        if not value:
+            raise typer.BadParameter(f"{text!r}: expected external:NAMESPACE:VALUE")
+        return pb.Identifier(type=kind, value=value, namespace=namespace)
+    return pb.Identifier(type=kind, value=rest)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def graph(
+    customer_id: Annotated[str, typer.Argument(help="A customer id (or use --email / --id).")] = "",
+    email: Annotated[str, typer.Option(help="Find the customer by email.")] = "",
+    identifier: Annotated[
+        str, typer.Option("--id", help="Find the customer by TYPE:VALUE (external:NAMESPACE:VALUE).")
+    ] = "",
+    address: Address = DEFAULT_ADDRESS,
+) -> None:
+    """A customer's identifiers with their evidence, its merge history and its conflicts."""
+    if sum(map(bool, (customer_id, email, identifier))) != 1:
+        raise typer.BadParameter("give exactly one of a customer id, --email or --id")
+    if customer_id:
+        request = pb.GetGraphRequest(customer_id=customer_id)
+    else:
+        subject = pb.Identifier(type="email", value=email) if email else parse_identifier(identifier)
+        request = pb.GetGraphRequest(identifier=subject)
+    with identity_stub(address) as stub:
+        console.print(graph_view(stub.GetGraph(request, timeout=10)))
+
+
+@app.command()
+def candidates(
+    customer_id: Annotated[str, typer.Argument(help="One customer's candidates; all open ones when left out.")] = "",
+    limit: Annotated[int, typer.Option(help="At most this many.", min=1, max=1000)] = 50,
+    address: Address = DEFAULT_ADDRESS,
+) -> None:
+    """The review queue: probable duplicates below the auto-merge threshold, oldest first (and,
+    for one customer, the links its rules refused)."""
+    request = pb.FindCandidatesRequest(customer_id=customer_id, page=PageRequest(page_size=limit))
+    with identity_stub(address) as stub:
+        response = stub.FindCandidates(request, timeout=30)
+    console.print(candidates_table(response.candidates))
+    if response.page.next_page_token:
+        console.print(f"more: the next page starts after candidate {response.page.next_page_token}")
+
+
+@app.command()
+def review(
+    candidate_id: Annotated[int, typer.Argument(help="The candidate (from `tailor identity candidates`).", min=1)],
+    accept: Annotated[bool, typer.Option("--accept/--reject", help="Merge the pair, or keep them apart.")],
+    reason: Reason = "",
+    address: Address = DEFAULT_ADDRESS,
+) -> None:
+    """Decide a review candidate: --accept merges the pair, --reject keeps them apart for good."""
+    request = pb.ResolveCandidateRequest(candidate_id=candidate_id, accept=accept, reason=reason)
+    with identity_stub(address) as stub:
+        response = stub.ResolveCandidate(request, timeout=30)
+    decided = response.candidate
+    merged = f": merge {response.merge_id}, survivor {decided.other_customer_id}" if response.merge_id else ""
+    console.print(f"candidate {decided.candidate_id} {decided.status}{merged}")
+
+
+@app.command()
+def merge(
+    survivor_id: Annotated[str, typer.Argument(help="The customer that stays.")],
+    absorbed_ids: Annotated[list[str], typer.Argument(help="The customers folded into it.")],
+    reason: Annotated[str, typer.Option(help="Why: kept in the merge log (required).")],
+    address: Address = DEFAULT_ADDRESS,
+) -> None:
+    """Merge customers into one (logged with its reason, reversible with `unmerge`)."""
+    request = pb.MergeRequest(survivor_id=survivor_id, absorbed_ids=absorbed_ids, reason=reason)
+    with identity_stub(address) as stub:
+        response = stub.Merge(request, timeout=30)
+    console.print(f"merge {response.merge_id}: {', '.join(absorbed_ids)} merged into {response.survivor_id}")
+
+
+@app.command()
+def unmerge(
+    customer_id: Annotated[str, typer.Argument(help="The customer to separate.")],
+    merge_id: Annotated[str, typer.Option(help="Reverse this merge (see `tailor identity graph`).")] = "",
+    identifiers: Annotated[
+        list[str] | None, typer.Option("--id", help="Or split these identifiers (TYPE:VALUE) off into a new customer.")
+    ] = None,
+    reason: Reason = "",
+    address: Address = DEFAULT_ADDRESS,
+) -> None:
+    """Reverse a merge (--merge-id), or split identifiers off into a new customer (--id, repeated)."""
+    split = [parse_identifier(text) for text in identifiers or []]
+    request = pb.UnmergeRequest(customer_id=customer_id, merge_id=merge_id, identifiers=split, reason=reason)
+    with identity_stub(address) as stub:
+        response = stub.Unmerge(request, timeout=30)
+    console.print(f"unmerge {response.unmerge_id}: active again {', '.join(response.restored_ids) or '—'}")
+
+
+@app.command()
 def rekey(
-    address: Annotated[str, typer.Option(help="host:port of the identity service.")] = "127.0.0.1:50051",
+    address: Address = DEFAULT_ADDRESS,
     batch: Annotated[int, typer.Option(help="Rows re-keyed per call (one transaction each).", min=1)] = 10_000,
 ) -> None:
     """Re-encrypt and re-index every stored identifier and person record under the active
@@ -23,8 +148,7 @@ def rekey(
     old keys); once it finishes, the old keys can be removed from the configuration."""
     columns = (TextColumn("re-keying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     done = 0
-    with grpc.insecure_channel(address) as channel, Progress(*columns, console=console) as progress:
-        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+    with identity_stub(address) as stub, Progress(*columns, console=console) as progress:
         task = progress.add_task("rows", total=None)
         while True:
             response = stub.ReKey(pb.ReKeyRequest(limit=batch), timeout=600)
@@ -40,3 +164,65 @@ def rekey(
         f"{done:,} rows re-keyed: everything is under encryption key {response.active_key_id} "
         f"and blind index key {response.active_index_key_id}; the old keys can be removed."
     )
+
+
+# -- views ------------------------------------------------------------------------------------------
+
+
+def graph_view(found: pb.GetGraphResponse) -> RenderableType:
+    status = found.status + (f", merged into {found.merged_into}" if found.merged_into else "")
+    parts: list[RenderableType] = [
+        f"[bold]customer {found.customer_id}[/] · {status} · {found.person_records} person record(s)"
+    ]
+    links = titled_table("identifiers", "type", "value", "source", "evidence", "linked")
+    for link in found.links:
+        value = (
+            f"{link.identifier.namespace}:{link.identifier.value}"
+            if link.identifier.namespace
+            else link.identifier.value
+        )
+        links.add_row(link.identifier.type, value, link.source, link.evidence, moment(link.linked_at))
+    parts.append(links)
+    if found.merges:
+        history = titled_table("merges", "when", "kind", "merge id", "survivor", "absorbed", "reason", "reversed by")
+        for entry in found.merges:
+            history.add_row(
+                moment(entry.created_at),
+                entry.kind,
+                entry.merge_id,
+                entry.survivor_id,
+                "\n".join(entry.absorbed_ids),
+                entry.reason or entry.evidence,
+                entry.reverted_by or "—",
+            )
+        parts.append(history)
+    if found.conflicts:
+        refused = titled_table("conflicts (links a rule refused)", "when", "type", "other customer", "reason")
+        for conflict in found.conflicts:
+            refused.add_row(
+                moment(conflict.created_at),
+                conflict.identifier_type,
+                conflict.other_customer_id or "—",
+                conflict.reason,
+            )
+        parts.append(refused)
+    return Group(*parts)
+
+
+def candidates_table(found: Iterable[pb.Candidate]) -> Table:
+    table = titled_table(
+        "review queue", "id", "customer", "probable duplicate of", "probability", "status", "evidence", numeric=(3,)
+    )
+    for candidate in found:
+        evidence = ", ".join(f"{field} {level}" for field, level in sorted(candidate.comparisons.items()))
+        table.add_row(
+            str(candidate.candidate_id or "—"),
+            candidate.customer_id,
+            candidate.other_customer_id or "—",
+            f"{candidate.match_probability:.4f}" if candidate.status != "conflict" else "—",
+            candidate.status,
+            candidate.reason or evidence,
+        )
+    if not table.row_count:
+        table.caption = "nothing to review"
+    return table

@@ -670,7 +670,11 @@ class IdentityService:
 
     async def find_candidates(self, customer_id: str, after_id: int, limit: int) -> tuple[list[Any], list[Any]]:
         """Probable duplicates of the customer (scored now against stored person records and kept
-        in the review queue) and the conflicts that involve it."""
+        in the review queue) and the conflicts that involve it; without a customer, the open
+        candidates of the whole review queue."""
+        if not customer_id:
+            async with self.db.sessions() as session:
+                return await self.store.open_candidates(session, after_id, limit), []
         async with self.db.transaction() as session:
             if await self.store.customer(session, customer_id) is None:
                 raise NotFound(f"no customer {customer_id}")

@@ -300,6 +300,14 @@ class IdentityStore:
         )
         return list(rows)
 
+    async def open_candidates(self, session: AsyncSession, after_id: int, limit: int) -> list[Row[Any]]:
+        """The review queue: open candidates of every customer, oldest first (ix_candidate_open)."""
+        rows = await session.execute(
+            text("SELECT * FROM candidate WHERE status = 'open' AND id > :after ORDER BY id LIMIT :limit"),
+            {"after": after_id, "limit": limit},
+        )
+        return list(rows)
+
     async def candidate(self, session: AsyncSession, candidate_id: int) -> Row[Any] | None:
         result = await session.execute(text("SELECT * FROM candidate WHERE id = :id FOR UPDATE"), {"id": candidate_id})
         return result.first()

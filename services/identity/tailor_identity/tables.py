@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase
@@ -136,6 +137,7 @@ candidate = Table(
     Column("decided_at", DateTime(timezone=True), nullable=True),
     UniqueConstraint("customer_id", "other_customer_id", name="uq_candidate_customer_other"),
     Index("ix_candidate_other_customer_id", "other_customer_id"),
+    Index("ix_candidate_open", "id", postgresql_where=text("status = 'open'")),
 )
 
 match_pattern = Table(

@@ -12,12 +12,11 @@ import asyncpg
 import grpc
 import nats
 import pytest
-import typer
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
 from tailor_cli.launcher import Platform
-from tailor_identity.cli import rekey
+from tailor_identity.cli import app as identity_commands
 from tailor_identity.domain.crypto import dev_key
 from tailor_platform.db import driver_url
 from tailor_platform.errors import field_violations
@@ -104,7 +103,7 @@ async def test_resolve_link_merge_unmerge_over_grpc(platform: Platform) -> None:
 
 def test_key_rotation_with_the_rekey_command(start_platform: Callable[..., Platform]) -> None:
     """New encryption and blind index keys: rows written under the old ones stay found until
-    `tailor identity-rekey` has moved them, after which the old keys can go."""
+    `tailor identity rekey` has moved them, after which the old keys can go."""
     platform = start_platform(["identity"])
     kim = pb.ResolveRequest(
         identifiers=[ident("email", "kim@example.com")], person=pb.PersonAttributes(given_name="Kim", surname="Ode")
@@ -131,9 +130,7 @@ def test_key_rotation_with_the_rekey_command(start_platform: Callable[..., Platf
     during = resolve()
     assert (during.customer_id, during.created) == (first.customer_id, False)
 
-    command = typer.Typer()
-    command.command()(rekey)
-    result = CliRunner().invoke(command, ["--address", platform.address("identity"), "--batch", "1"])
+    result = CliRunner().invoke(identity_commands, ["rekey", "--address", platform.address("identity"), "--batch", "1"])
     assert result.exit_code == 0, result.output
     assert "2 rows re-keyed" in result.output  # the identifier and the person record
 

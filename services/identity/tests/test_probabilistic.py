@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tailor_identity.domain.keys import KeyMaker
@@ -83,6 +84,34 @@ async def test_review_queue_accept_merges_reject_keeps(database: Database, ident
     rejected, _ = await reviewing.resolve_candidate(others[0].id, False, "different people")
     assert rejected.status == "rejected"
     assert (await reviewing.graph(third.customer_id)).customer.status == "active"
+
+
+async def test_the_whole_review_queue_lists_open_candidates_oldest_first_page_by_page(
+    database: Database, identity: IdentityService
+) -> None:
+    reviewing = IdentityService(
+        database, identity.outbox, KeyMaker(keyring()), thresholds=Thresholds(auto_merge=1.0, review=1e-12)
+    )
+    k = reviewing.keys
+    bo = {"given_name": "Bo", "surname": "Quist", "date_of_birth": "1971-03-04", "postcode": "3000"}
+    customers = set()
+    for address in ("bo@example.com", "quist@example.com", "bq@example.com"):
+        [result] = await reviewing.resolve_batch([Record([k.key("email", address)], k.person(**bo))])
+        customers.add(result.customer_id)
+
+    async def queue(page_size: int) -> list[Any]:
+        mine, after = [], 0
+        while page := (await reviewing.find_candidates("", after, page_size))[0]:
+            mine += [row for row in page if {row.customer_id, row.other_customer_id} <= customers]
+            after = page[-1].id
+        return mine
+
+    listed = await queue(page_size=1)
+    assert len(listed) == 2  # the second and the third record each left one at resolve time
+    assert [row.id for row in listed] == sorted(row.id for row in listed)
+    assert [row.id for row in await queue(page_size=100)] == [row.id for row in listed]
+    await reviewing.resolve_candidate(listed[0].id, False, "different people")
+    assert [row.id for row in await queue(page_size=100)] == [row.id for row in listed[1:]]
 
 
 async def test_compared_pairs_are_saved_for_every_worker(database: Database, identity: IdentityService) -> None:

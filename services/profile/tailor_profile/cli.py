@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC
 from typing import Annotated
 
 import grpc
 import typer
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
-from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from tailor.common.v1.common_pb2 import PageRequest
 from tailor.identity.v1 import identity_pb2
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor.profile.v1 import profile_pb2_grpc
+from tailor_platform.terminal import exit_on_failed_call, moment, titled_table
 
 console = Console()
-errors = Console(stderr=True)
 SUMMARY_WIDTH = 60
 
 
@@ -38,11 +35,8 @@ def show_profile(
     request = pb.GetProfileRequest(customer_id=customer_id)
     if email:
         request = pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="email", value=email))
-    try:
+    with exit_on_failed_call():
         profile, timeline = fetch(address, request, events)
-    except grpc.RpcError as error:
-        errors.print(_failure(error))
-        raise typer.Exit(1) from None
     if as_json:
         document = {
             "profile": json_format.MessageToDict(profile),
@@ -70,42 +64,42 @@ def fetch(address: str, request: pb.GetProfileRequest, events: int) -> tuple[pb.
 
 def profile_view(profile: pb.Profile, timeline: Sequence[pb.Event] = ()) -> RenderableType:
     """The profile as tables, the latest events last. Money is in the base currency."""
-    title = f"[bold]customer {profile.customer_id}[/] · evaluated {_time(profile.evaluated_at)}"
+    title = f"[bold]customer {profile.customer_id}[/] · evaluated {moment(profile.evaluated_at)}"
     if not profile.known:
         return Group(title, "nothing is stored for this customer yet")
     traits = profile.traits
     parts: list[RenderableType] = [title]
     if profile.attributes:
-        parts.append(attributes_table(profile.attributes))
-    parts += [activity_table(traits), windows_table(traits), value_table(traits)]
+        parts.append(attributestitled_table(profile.attributes))
+    parts += [activitytitled_table(traits), windowstitled_table(traits), valuetitled_table(traits)]
     if traits.category_affinity:
-        parts.append(affinity_table(traits.category_affinity))
+        parts.append(affinitytitled_table(traits.category_affinity))
     if traits.channel_events:
-        parts.append(channels_table(traits.channel_events))
+        parts.append(channelstitled_table(traits.channel_events))
     if traits.open_cart.items:
-        parts.append(cart_table(traits.open_cart))
+        parts.append(carttitled_table(traits.open_cart))
     if timeline:
-        parts.append(events_table(timeline))
+        parts.append(eventstitled_table(timeline))
     return Group(*parts)
 
 
-def attributes_table(attributes: Iterable[pb.Attribute]) -> Table:
-    table = _table("attributes", "name", "value", "source", "updated")
+def attributestitled_table(attributes: Iterable[pb.Attribute]) -> Table:
+    table = titled_table("attributes", "name", "value", "source", "updated")
     for attribute in attributes:
-        table.add_row(attribute.name, attribute.value, attribute.source, _time(attribute.updated_at))
+        table.add_row(attribute.name, attribute.value, attribute.source, moment(attribute.updated_at))
     return table
 
 
-def activity_table(traits: pb.Traits) -> Table:
+def activitytitled_table(traits: pb.Traits) -> Table:
     mix = traits.channel_mix or "no purchase yet"
     if traits.channel_mix:
         mix += f" ({traits.online_orders} online, {traits.offline_orders} in store)"
     return _pairs(
         "activity",
         [
-            ("first seen", _time(traits.first_seen_at)),
-            ("last seen", _time(traits.last_seen_at)),
-            ("last purchase", _time(traits.last_purchase_at)),
+            ("first seen", moment(traits.first_seen_at)),
+            ("last seen", moment(traits.last_seen_at)),
+            ("last purchase", moment(traits.last_purchase_at)),
             ("events", f"{traits.events:,}"),
             ("page views, last 7 days", f"{traits.page_views_7d:,}"),
             ("channel mix", mix),
@@ -116,8 +110,8 @@ def activity_table(traits: pb.Traits) -> Table:
     )
 
 
-def windows_table(traits: pb.Traits) -> Table:
-    table = _table("orders and revenue", "window", "orders", "revenue", numeric=(1, 2))
+def windowstitled_table(traits: pb.Traits) -> Table:
+    table = titled_table("orders and revenue", "window", "orders", "revenue", numeric=(1, 2))
     for label, window in (("30 days", traits.last_30d), ("90 days", traits.last_90d), ("365 days", traits.last_365d)):
         table.add_row(label, f"{window.orders:,}", _money(window.revenue_minor))
     table.add_row("lifetime", f"{traits.orders:,}", _money(traits.revenue_minor))
@@ -125,7 +119,7 @@ def windows_table(traits: pb.Traits) -> Table:
     return table
 
 
-def value_table(traits: pb.Traits) -> Table:
+def valuetitled_table(traits: pb.Traits) -> Table:
     rfm, loyalty = traits.rfm, traits.loyalty
     recency = f"{rfm.recency_days} days" if rfm.recency_days >= 0 else "never purchased"
     next_tier = (
@@ -145,32 +139,32 @@ def value_table(traits: pb.Traits) -> Table:
     )
 
 
-def affinity_table(affinities: Iterable[pb.CategoryAffinity]) -> Table:
-    table = _table("category affinity", "category", "share of interest", numeric=(1,))
+def affinitytitled_table(affinities: Iterable[pb.CategoryAffinity]) -> Table:
+    table = titled_table("category affinity", "category", "share of interest", numeric=(1,))
     for affinity in affinities:
         table.add_row(affinity.category, f"{affinity.score:.0%}")
     return table
 
 
-def channels_table(events_per_channel: Mapping[str, int]) -> Table:
-    table = _table("channels", "channel", "events", numeric=(1,))
+def channelstitled_table(events_per_channel: Mapping[str, int]) -> Table:
+    table = titled_table("channels", "channel", "events", numeric=(1,))
     for channel, count in sorted(events_per_channel.items(), key=lambda item: (-item[1], item[0])):
         table.add_row(channel, f"{count:,}")
     return table
 
 
-def cart_table(cart: pb.OpenCart) -> Table:
-    table = _table("open cart", "sku", "category", "quantity", "unit price", numeric=(2, 3))
+def carttitled_table(cart: pb.OpenCart) -> Table:
+    table = titled_table("open cart", "sku", "category", "quantity", "unit price", numeric=(2, 3))
     for line in cart.items:
         table.add_row(line.sku, line.category, str(line.quantity), _money(line.unit_price_minor))
-    table.caption = f"value {_money(cart.value_minor)} · last activity {_time(cart.last_activity_at)}"
+    table.caption = f"value {_money(cart.value_minor)} · last activity {moment(cart.last_activity_at)}"
     return table
 
 
-def events_table(timeline: Iterable[pb.Event]) -> Table:
-    table = _table("latest events", "time", "type", "channel", "store", "details")
+def eventstitled_table(timeline: Iterable[pb.Event]) -> Table:
+    table = titled_table("latest events", "time", "type", "channel", "store", "details")
     for event in timeline:
-        table.add_row(_time(event.timestamp), event.type, event.channel, event.store_id, event_details(event))
+        table.add_row(moment(event.timestamp), event.type, event.channel, event.store_id, event_details(event))
     return table
 
 
@@ -184,32 +178,13 @@ def event_details(event: pb.Event) -> str:
     return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1] + "…"
 
 
-def _table(title: str, *columns: str, numeric: Sequence[int] = ()) -> Table:
-    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
-    for position, column in enumerate(columns):
-        table.add_column(column, justify="right" if position in numeric else "left")
-    return table
-
-
 def _pairs(title: str, rows: Iterable[tuple[str, object]]) -> Table:
-    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_header=False)
-    table.add_column(style="dim")
-    table.add_column()
+    table = titled_table(title, "", "")
+    table.show_header = False
+    table.columns[0].style = "dim"
     for name, value in rows:
         table.add_row(name, str(value))
     return table
-
-
-def _failure(error: grpc.RpcError) -> str:
-    if isinstance(error, grpc.Call):
-        return f"[red]{error.code().name}[/]: {error.details()}"
-    return f"[red]the call failed[/]: {error}"
-
-
-def _time(moment: Timestamp) -> str:
-    if not moment.seconds and not moment.nanos:
-        return "—"
-    return moment.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _money(minor: int) -> str:

@@ -31,6 +31,7 @@ from tailor_cli.launcher import Platform
 from tailor_platform.bus.streams import STREAMS
 from tailor_platform.db import driver_url
 from tailor_profile.demo.generator import DemoConfig, interleaved, person_events, population
+from tailor_profile.demo.truth import Connectivity, person_of
 
 from bench.framework import SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most
 from bench.loadgen import LoadSpec, run_load
@@ -66,9 +67,9 @@ SMOKE = Sizes(1_000, 0.036, 4, 10, 2_000, 0.5, 2.0)
 # -- data -------------------------------------------------------------------------------------------
 
 
-def ingest_requests(sizes: Sizes, report: Reporter) -> tuple[list[list[bytes]], int]:
-    """Serialized IngestEventsRequests of BATCH events each, in one lane per call in flight, and
-    the number of events.
+def ingest_requests(sizes: Sizes, report: Reporter) -> tuple[list[list[bytes]], int, set[str]]:
+    """Serialized IngestEventsRequests of BATCH events each, in one lane per call in flight, the
+    number of events, and the people whose identifiers connect (demo/truth.py).
 
     People are taken in groups; a group's events are in time order and cut into batches. The
     groups are spread over the lanes, and each lane is sent in order by its own call in flight, so
@@ -77,16 +78,19 @@ def ingest_requests(sizes: Sizes, report: Reporter) -> tuple[list[list[bytes]], 
     people = population(config).people
     lanes: list[list[bytes]] = [[] for _ in range(sizes.ingest_concurrency)]
     total = 0
+    connectivity = Connectivity()
     with report.step(f"generating the events of {sizes.people:,} people", total=sizes.people) as advance:
         for number, start in enumerate(range(0, len(people), GROUP)):
             group = [event for person in people[start : start + GROUP] for event in person_events(person, config)]
             ordered = interleaved(group)
+            for event in ordered:
+                connectivity.add(event)
             for first in range(0, len(ordered), BATCH):
                 batch = ordered[first : first + BATCH]
                 lanes[number % len(lanes)].append(pb.IngestEventsRequest(events=batch).SerializeToString())
                 total += len(batch)
             advance(min(GROUP, len(people) - start))
-    return lanes, total
+    return lanes, total, connectivity.linkable()
 
 
 async def _fetch(url: str, query: str) -> list[Any]:
@@ -146,6 +150,28 @@ def wait_consumers_idle(nats_url: str, service: str, timeout_s: float = 600.0) -
         if time.monotonic() > deadline:
             raise RuntimeError(f"{service}'s consumers did not catch up")
         time.sleep(0.5)
+
+
+def unification(url: str, linkable: set[str], report: Reporter) -> dict[str, float]:
+    """Ground truth against where the events landed (merges folded in): the share of people whose
+    events all sit on one profile, of all and of those whose identifiers connect (the most any
+    resolver can join; demo/truth.py)."""
+    query = "SELECT event_id, customer_id FROM event WHERE event_id LIKE 'person-%'"
+    profiles_of: dict[str, set[str]] = {}
+    for row in asyncio.run(_fetch(url, query)):
+        profiles_of.setdefault(person_of(row["event_id"]), set()).add(row["customer_id"])
+    unified = {person for person, customers in profiles_of.items() if len(customers) == 1}
+    reachable = linkable & profiles_of.keys()
+    all_pct = 100 * len(unified) / len(profiles_of)
+    linkable_pct = 100 * len(unified & reachable) / len(reachable)
+    report.note(
+        f"ground truth: {len(unified):,} of {len(profiles_of):,} people on one profile ({all_pct:.2f}%); "
+        f"{len(unified & reachable):,} of the {len(reachable):,} whose identifiers connect ({linkable_pct:.2f}%)"
+    )
+    return {
+        "profile.demo.people_on_one_profile_pct": round(all_pct, 2),
+        "profile.demo.linkable_people_on_one_profile_pct": round(linkable_pct, 2),
+    }
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -244,7 +270,7 @@ def run(context: Context) -> dict[str, float]:
     scratch = SCRATCH_DIR / "profile"
     shutil.rmtree(scratch, ignore_errors=True)
     report = context.report
-    lanes, events = ingest_requests(sizes, report)
+    lanes, events, linkable = ingest_requests(sizes, report)
     with report.step("starting PostgreSQL, NATS, identity and profile"):
         platform = Platform(
             scratch / "platform", services=["identity", "profile"], free_ports=True, extra_env=WORKERS
@@ -261,6 +287,7 @@ def run(context: Context) -> dict[str, float]:
             wait_consumers_idle(platform.nats_url, "profile")
             for service in ("identity", "profile"):  # not autovacuum's catching up with the load
                 asyncio.run(_execute(platform.service_database_url(service), "VACUUM ANALYZE", "CHECKPOINT"))
+        figures.update(unification(platform.service_database_url("profile"), linkable, report))
         figures.update(get_profiles(platform, sizes, report))
         figures["profile.ingest.peak_rss_mb"] = round(peak_rss_mb(platform.running["profile"].process.pid), 1)
         return figures
@@ -289,6 +316,16 @@ BENCHMARK = Benchmark(
         Figure("profile.get.noop_p99_ms_c8", "no-op GetProfile servicer p99 latency, same client and requests", "ms"),
         Figure("profile.get.noop_qps_c8", "no-op GetProfile servicer QPS, same client and requests", "/s"),
         Figure("profile.stored_profiles", "profiles stored when GetProfile was measured", ""),
+        Figure(
+            "profile.demo.people_on_one_profile_pct",
+            "ground truth: people whose events all sit on one profile, after merges",
+            "%",
+        ),
+        Figure(
+            "profile.demo.linkable_people_on_one_profile_pct",
+            "the same, of the people whose identifiers connect (the most any resolver can join)",
+            "%",
+        ),
     ],
     notes=[
         "Data: the demo population (tailor_profile.demo, seed 20261125): 100,000 people over 365 days, "
@@ -307,6 +344,10 @@ BENCHMARK = Benchmark(
         "Its no-op baseline: the same client and requests against a grpc.aio GetProfile servicer that answers "
         "a profile holding only the customer id, in 2 processes sharing a port like profile's workers (the "
         "floor of a Python gRPC call on this machine).",
+        "Ground truth: every event's person (its demo id) against the profile it sits on once profile has "
+        "folded identity's merges; 'linkable' people are those whose events' identifiers connect (identifiers "
+        "on one event are connected; tailor_profile/demo/truth.py), the most any resolver can join. The others "
+        "include anonymous sessions that never log in, kept apart by design.",
         "Everything (PostgreSQL, NATS, identity, profile, the clients) shares the machine's cores. Identity "
         "and profile each run 2 worker processes (TAILOR_<SERVICE>_WORKERS=2) sharing their port; each client "
         "process (and profile's identity client) spreads its connections over the workers, one per worker "

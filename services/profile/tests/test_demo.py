@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
+from tailor.profile.v1 import profile_pb2 as pb
 from tailor_platform.validation import Validator
 from tailor_profile.cli import show_profile
 from tailor_profile.demo.cli import demo_data, example_commands
 from tailor_profile.demo.generator import PURCHASES, DemoConfig, population
-from tailor_profile.testing import INTAKE
+from tailor_profile.demo.truth import linkable_people, person_of
+from tailor_profile.testing import INTAKE, make_event
 from typer.testing import CliRunner
 
 CONFIG = DemoConfig(people=40, seed=7, days=120, end=datetime(2026, 6, 1, tzinfo=UTC), sessions_per_week=1.5)
@@ -73,3 +75,26 @@ def test_the_demo_data_command_writes_events_and_ground_truth(tmp_path: Path) ->
     truth = json.loads((tmp_path / "truth.json").read_text())
     assert len(lines) == sum(person["events"] for person in truth["persons"]) > 0
     assert example_commands(tmp_path / "truth.json")[0].startswith("tailor profile --email ")
+
+
+def test_people_are_linkable_only_when_the_identifiers_on_their_events_connect() -> None:
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+
+    def event(event_id: str, anonymous_id: str = "", email: str = "", loyalty_id: str = "") -> pb.Event:
+        found = make_event("page_view", at, page_view=pb.PageView(url="/"))
+        found.id = event_id
+        found.identifiers.CopyFrom(pb.Identifiers(anonymous_id=anonymous_id, email=email, loyalty_id=loyalty_id))
+        return found
+
+    events = [
+        # Connected through a chain: device, then device + email, then email + loyalty card.
+        event("person-1-000001", anonymous_id="d-1"),
+        event("person-1-000002", anonymous_id="d-1", email="one@example.com"),
+        event("person-1-000003", email="one@example.com", loyalty_id="l-1"),
+        # A second device that never logs in: nothing ties it to the person.
+        event("person-2-000001", anonymous_id="d-2", email="two@example.com"),
+        event("person-2-000002", anonymous_id="d-3"),
+    ]
+    assert person_of("person-2-000002") == "person-2"
+    assert linkable_people(events) == {"person-1"}
+    assert linkable_people(events[:4]) == {"person-1", "person-2"}

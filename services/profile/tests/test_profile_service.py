@@ -30,7 +30,7 @@ from tailor_platform.bus.envelope import new_envelope, unpack
 from tailor_platform.errors import field_violations
 from tailor_profile.cli import show_profile
 from tailor_profile.demo.generator import DemoConfig, interleaved, population
-from tailor_profile.intake import identity_records
+from tailor_profile.demo.truth import linkable_people, person_of
 from tailor_profile.testing import (
     ago,
     assert_traits_equal,
@@ -481,7 +481,7 @@ def test_the_demo_population_lands_on_its_people_with_exact_traits(stub: Stub) -
     previous = seen[-1]
     profiles_of: dict[str, set[str]] = {}
     for event_id, customer in landed.items():
-        profiles_of.setdefault(event_id.rsplit("-", 1)[0], set()).add(previous[customer])
+        profiles_of.setdefault(person_of(event_id), set()).add(previous[customer])
     linkable = linkable_people(events)
     unified = [person for person, found in profiles_of.items() if len(found) == 1]
     unified_linkable = [person for person in unified if person in linkable]
@@ -495,25 +495,6 @@ def test_the_demo_population_lands_on_its_people_with_exact_traits(stub: Stub) -
         stored = timeline(stub, customer)
         actual, now = trait_values(stub, customer)
         assert_traits_equal(actual, json_format.MessageToDict(_struct(recomputed_traits(stored, now))))
-
-
-def linkable_people(events: list[pb.Event]) -> set[str]:
-    """People whose events' identifiers form one connected graph (identifiers seen together in an
-    event are connected): only for them can any resolver put every event on one profile."""
-    parent: dict[str, str] = {}
-
-    def root(node: str) -> str:
-        while parent.setdefault(node, node) != node:
-            node = parent[node]
-        return node
-
-    by_person: dict[str, set[str]] = {}
-    for event in events:
-        ids = [f"{r.type}:{r.value}" for r in identity_records(event)]
-        by_person.setdefault(event.id.rsplit("-", 1)[0], set()).update(ids)
-        for other in ids[1:]:
-            parent[root(other)] = root(ids[0])
-    return {person for person, ids in by_person.items() if len({root(i) for i in ids}) == 1}
 
 
 def test_while_identity_is_down_events_are_kept_and_land_when_it_returns(platform: Platform, stub: Stub) -> None:

@@ -159,9 +159,8 @@ class ConsentService:
         changes = []
         if applied is not None:
             others = [record for customer in still_merged for record in held.pop(customer).values()]
-            changes = await self._revert(
-                session, survivor_id, unmerge, revert_merge(unmerge.merge_id, audit, survivor, others)
-            )
+            reverted = revert_merge(unmerge.merge_id, audit, survivor, others, merged_at=applied.applied_at)
+            changes = await self._revert(session, survivor_id, unmerge, reverted)
         copies = inherited_withdrawals(
             survivor.values(),
             {entry.record.request_id: entry.cause for entry in audit},

@@ -313,8 +313,9 @@ def test_identity_unmerged_gives_each_customer_back_its_own_consents(
     deliver(platform, merge, "tailor.identity.merged")
     wait_until(lambda: allowed(stub, survivor, "personalization", "web"))
     assert not allowed(stub, survivor, "marketing", "email")
-    # While they are one customer, a withdrawal that may come from either person.
+    # While they are one customer, a withdrawal and a grant that may come from either person.
     stub.SetConsent(set_request(survivor, "marketing", "sms", False))
+    stub.SetConsent(set_request(survivor, "analytics", "", True))
 
     merge_id = unpack(merge, IdentityMerged).merge_id
     deliver(platform, unmerged_envelope(survivor, [absorbed], merge_id), "tailor.identity.unmerged", times=2)
@@ -325,9 +326,12 @@ def test_identity_unmerged_gives_each_customer_back_its_own_consents(
     assert reason(stub, absorbed, "marketing", "email") == "withdrawn"
     assert reason(stub, absorbed, "marketing", "sms") == "withdrawn"  # the unattributable withdrawal
     assert reason(stub, survivor, "marketing", "sms") == "withdrawn"
+    assert reason(stub, survivor, "analytics") == "no_consent_recorded"  # the unattributable grant: no one's
+    assert reason(stub, absorbed, "analytics") == "no_consent_recorded"
     time.sleep(0.5)  # give a wrongful second application the chance to show up
     reverted = entries(stub, survivor, "unmerge")
     assert sorted((e.purpose, e.channel, e.granted, e.removed) for e in reverted) == [
+        ("analytics", "", False, True),
         ("marketing", "email", True, False),
         ("personalization", "web", False, True),
     ]

@@ -86,6 +86,28 @@ def test_a_change_made_after_the_merge_is_kept() -> None:
     assert [item.key for item in reverted] == [("analytics", "")]
 
 
+def test_a_grant_given_while_merged_is_kept_by_no_one() -> None:
+    """It may have come from the person now restored: the survivor goes back to its own record
+    from before the merge (or none), and the restored customer does not get it either."""
+    own = record("s", "marketing", "email", False, 1)
+    survivor = Survivor("s")
+    survivor.add(Cause.SET, own)
+    survivor.merge("m1", [record("a", "analytics", "", True, 1)])
+    while_merged = MERGED_AT + timedelta(days=1)
+    survivor.add(Cause.SET, replace(record("s", "marketing", "email", True, 0), updated_at=while_merged))
+    survivor.add(Cause.IMPORT, replace(record("s", "marketing", "sms", True, 0), updated_at=while_merged))
+    current = survivor.current()
+
+    reverted = revert_merge("m1", survivor.audit, current, [], merged_at=MERGED_AT)
+
+    assert reverted == [
+        Reverted(("analytics", ""), current[("analytics", "")], None),
+        Reverted(("marketing", "email"), current[("marketing", "email")], own),
+        Reverted(("marketing", "sms"), current[("marketing", "sms")], None),
+    ]
+    assert not inherited_withdrawals(current.values(), {}, {"a": {}}, since=MERGED_AT, own_only=False)
+
+
 def test_customers_still_merged_into_the_survivor_count_once_the_merge_is_gone() -> None:
     survivor = Survivor("s")
     b_grant = record("b", "marketing", "sms", True, 1)

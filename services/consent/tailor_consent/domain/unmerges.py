@@ -8,11 +8,12 @@ had the merge never happened: its own audit replayed without the merge's takeove
 before with the customers still merged into it; or no record at all. The restored customers keep
 their own records, which a merge never touches.
 
-What happened while the customers were one cannot always be attributed: a withdrawal recorded on
-the survivor after the merge may have come from the person now restored. Such withdrawals are
-copied to the restored customers; grants are not (without a record a check is denied). A split
-has no state from before to return to, so the customer split off takes every withdrawal the
-customer it leaves holds, and no grant.
+What happened while the customers were one cannot be attributed: a consent recorded on the
+survivor after the merge may have come from the person now restored. Such withdrawals are kept
+and copied to the restored customers. Such grants are kept by no one: the survivor goes back to
+what it held without them too (without a record a check is denied), since a grant one person gave
+must not let another be contacted. A split has no merge time to tell before from after, so the
+customer split off takes every withdrawal the customer it leaves holds, and no grant.
 """
 
 from __future__ import annotations
@@ -88,20 +89,23 @@ def revert_merge(
     survivor_audit: Sequence[AuditEntry],
     current: Mapping[Key, ConsentRecord],
     still_merged: Iterable[ConsentRecord],
+    merged_at: datetime | None = None,
 ) -> list[Reverted]:
-    """Per key whose current record the reversed merge took over (later changes are kept): the
-    survivor's own record without that merge, combined most restrictively with the records of
-    the customers still merged into it."""
+    """Per key whose current record the reversed merge took over, or is a grant set or imported
+    on the survivor after `merged_at` (not attributable, see above; later withdrawals are kept):
+    the survivor's own record without those, combined most restrictively with the records of the
+    customers still merged into it."""
     prefix = merge_request_prefix(merge_id)
-    takeovers = {
+    dropped = {
         entry.record.request_id
         for entry in survivor_audit
-        if entry.cause == Cause.MERGE and entry.record.request_id.startswith(prefix)
+        if (entry.cause == Cause.MERGE and entry.record.request_id.startswith(prefix))
+        or (merged_at is not None and _granted_while_merged(entry, merged_at))
     }
-    held_by_merge = {key: record for key, record in current.items() if record.request_id in takeovers}
+    held_by_merge = {key: record for key, record in current.items() if record.request_id in dropped}
     if not held_by_merge:
         return []
-    own = replay(entry for entry in survivor_audit if entry.record.request_id not in takeovers)
+    own = replay(entry for entry in survivor_audit if entry.record.request_id not in dropped)
     others: dict[Key, list[ConsentRecord]] = {}
     for record in still_merged:
         others.setdefault(record.key, []).append(record)
@@ -111,6 +115,11 @@ def revert_merge(
         taken = merge_consents([mine] if mine else [], others.get(key, []))
         reverted.append(Reverted(key, takeover, taken[0] if taken else mine))
     return reverted
+
+
+def _granted_while_merged(entry: AuditEntry, merged_at: datetime) -> bool:
+    record = entry.record
+    return record.granted and entry.cause in (Cause.SET, Cause.IMPORT) and record.updated_at > merged_at
 
 
 def inherited_withdrawals(

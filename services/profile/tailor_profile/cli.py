@@ -70,27 +70,27 @@ def profile_view(profile: pb.Profile, timeline: Sequence[pb.Event] = ()) -> Rend
     traits = profile.traits
     parts: list[RenderableType] = [title]
     if profile.attributes:
-        parts.append(attributestitled_table(profile.attributes))
-    parts += [activitytitled_table(traits), windowstitled_table(traits), valuetitled_table(traits)]
+        parts.append(attributes_table(profile.attributes))
+    parts += [activity_table(traits), windows_table(traits), value_table(traits)]
     if traits.category_affinity:
-        parts.append(affinitytitled_table(traits.category_affinity))
+        parts.append(affinity_table(traits.category_affinity))
     if traits.channel_events:
-        parts.append(channelstitled_table(traits.channel_events))
+        parts.append(channels_table(traits.channel_events))
     if traits.open_cart.items:
-        parts.append(carttitled_table(traits.open_cart))
+        parts.append(cart_view(traits.open_cart))
     if timeline:
-        parts.append(eventstitled_table(timeline))
+        parts.append(events_table(timeline))
     return Group(*parts)
 
 
-def attributestitled_table(attributes: Iterable[pb.Attribute]) -> Table:
+def attributes_table(attributes: Iterable[pb.Attribute]) -> Table:
     table = titled_table("attributes", "name", "value", "source", "updated")
     for attribute in attributes:
         table.add_row(attribute.name, attribute.value, attribute.source, moment(attribute.updated_at))
     return table
 
 
-def activitytitled_table(traits: pb.Traits) -> Table:
+def activity_table(traits: pb.Traits) -> Table:
     mix = traits.channel_mix or "no purchase yet"
     if traits.channel_mix:
         mix += f" ({traits.online_orders} online, {traits.offline_orders} in store)"
@@ -110,7 +110,7 @@ def activitytitled_table(traits: pb.Traits) -> Table:
     )
 
 
-def windowstitled_table(traits: pb.Traits) -> Table:
+def windows_table(traits: pb.Traits) -> Table:
     table = titled_table("orders and revenue", "window", "orders", "revenue", numeric=(1, 2))
     for label, window in (("30 days", traits.last_30d), ("90 days", traits.last_90d), ("365 days", traits.last_365d)):
         table.add_row(label, f"{window.orders:,}", _money(window.revenue_minor))
@@ -119,7 +119,7 @@ def windowstitled_table(traits: pb.Traits) -> Table:
     return table
 
 
-def valuetitled_table(traits: pb.Traits) -> Table:
+def value_table(traits: pb.Traits) -> Table:
     rfm, loyalty = traits.rfm, traits.loyalty
     recency = f"{rfm.recency_days} days" if rfm.recency_days >= 0 else "never purchased"
     next_tier = (
@@ -139,29 +139,28 @@ def valuetitled_table(traits: pb.Traits) -> Table:
     )
 
 
-def affinitytitled_table(affinities: Iterable[pb.CategoryAffinity]) -> Table:
+def affinity_table(affinities: Iterable[pb.CategoryAffinity]) -> Table:
     table = titled_table("category affinity", "category", "share of interest", numeric=(1,))
     for affinity in affinities:
         table.add_row(affinity.category, f"{affinity.score:.0%}")
     return table
 
 
-def channelstitled_table(events_per_channel: Mapping[str, int]) -> Table:
+def channels_table(events_per_channel: Mapping[str, int]) -> Table:
     table = titled_table("channels", "channel", "events", numeric=(1,))
     for channel, count in sorted(events_per_channel.items(), key=lambda item: (-item[1], item[0])):
         table.add_row(channel, f"{count:,}")
     return table
 
 
-def carttitled_table(cart: pb.OpenCart) -> Table:
+def cart_view(cart: pb.OpenCart) -> RenderableType:
     table = titled_table("open cart", "sku", "category", "quantity", "unit price", numeric=(2, 3))
     for line in cart.items:
         table.add_row(line.sku, line.category, str(line.quantity), _money(line.unit_price_minor))
-    table.caption = f"value {_money(cart.value_minor)} · last activity {moment(cart.last_activity_at)}"
-    return table
+    return Group(table, f"  value {_money(cart.value_minor)} · last activity {moment(cart.last_activity_at)}")
 
 
-def eventstitled_table(timeline: Iterable[pb.Event]) -> Table:
+def events_table(timeline: Iterable[pb.Event]) -> Table:
     table = titled_table("latest events", "time", "type", "channel", "store", "details")
     for event in timeline:
         table.add_row(moment(event.timestamp), event.type, event.channel, event.store_id, event_details(event))

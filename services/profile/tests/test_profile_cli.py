@@ -33,7 +33,11 @@ def sample_profile() -> pb.Profile:
         offline_orders=1,
         channel_events={"web": 166, "pos": 3},
         category_affinity=[pb.CategoryAffinity(category="beauty", score=0.4995)],
-        open_cart=pb.OpenCart(items=[pb.CartLine(sku="sku-77", category="coats", quantity=2, unit_price_minor=12_900)]),
+        open_cart=pb.OpenCart(
+            items=[pb.CartLine(sku="sku-77", category="coats", quantity=2, unit_price_minor=12_900)],
+            value_minor=25_800,
+            last_activity_at=stamp(AT),
+        ),
         loyalty=pb.Loyalty(points_balance=1_250, tier="silver", next_tier="gold", amount_to_next_tier_minor=50_000),
         return_rate=0.125,
     )
@@ -51,6 +55,7 @@ def test_a_profile_reads_as_tables_with_money_in_units_and_times_in_utc() -> Non
     assert "500.00 more for gold" in text
     assert "12.5% (0.00 returned)" in text
     assert "sku-77" in text and "129.00" in text
+    assert "value 258.00 · last activity 2026-11-20 09:30:00 UTC" in text
     assert "beauty" in text and "50%" in text
     assert text.index("web") < text.index("pos")  # channels by their number of events
 

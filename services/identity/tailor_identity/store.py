@@ -18,6 +18,14 @@ from tailor_identity.tables import Base
 __all__ = ["Base", "IdentifierRow", "IdentityStore", "PersonRow", "StaleRow"]
 
 
+BOTH_ACTIVE = (
+    "JOIN customer one ON one.id = c.customer_id AND one.status = 'active' "
+    "JOIN customer other ON other.id = c.other_customer_id AND other.status = 'active'"
+)
+"""Review candidates whose customers are both still active: once either is merged away (by another
+path, or by a decided candidate), the pair is no longer a question for a reviewer."""
+
+
 @dataclass(frozen=True)
 class IdentifierRow:
     id: int
@@ -293,8 +301,9 @@ class IdentityStore:
     async def candidates_of(self, session: AsyncSession, customer_id: str, after_id: int, limit: int) -> list[Row[Any]]:
         rows = await session.execute(
             text(
-                "SELECT * FROM candidate WHERE (customer_id = :id OR other_customer_id = :id) AND id > :after "
-                "AND status = 'open' ORDER BY id LIMIT :limit"
+                f"SELECT c.* FROM candidate c {BOTH_ACTIVE} "
+                "WHERE (c.customer_id = :id OR c.other_customer_id = :id) AND c.id > :after "
+                "AND c.status = 'open' ORDER BY c.id LIMIT :limit"
             ),
             {"id": customer_id, "after": after_id, "limit": limit},
         )
@@ -303,7 +312,10 @@ class IdentityStore:
     async def open_candidates(self, session: AsyncSession, after_id: int, limit: int) -> list[Row[Any]]:
         """The review queue: open candidates of every customer, oldest first (ix_candidate_open)."""
         rows = await session.execute(
-            text("SELECT * FROM candidate WHERE status = 'open' AND id > :after ORDER BY id LIMIT :limit"),
+            text(
+                f"SELECT c.* FROM candidate c {BOTH_ACTIVE} "
+                "WHERE c.status = 'open' AND c.id > :after ORDER BY c.id LIMIT :limit"
+            ),
             {"after": after_id, "limit": limit},
         )
         return list(rows)

@@ -112,6 +112,11 @@ async def test_the_whole_review_queue_lists_open_candidates_oldest_first_page_by
     assert [row.id for row in await queue(page_size=100)] == [row.id for row in listed]
     await reviewing.resolve_candidate(listed[0].id, False, "different people")
     assert [row.id for row in await queue(page_size=100)] == [row.id for row in listed[1:]]
+    # The pair of the other candidate merged by another path: no longer a question for a reviewer.
+    await reviewing.merge(listed[1].other_customer_id, [listed[1].customer_id], "the call center merged them")
+    assert await queue(page_size=100) == []
+    with pytest.raises(FailedPrecondition):
+        await reviewing.resolve_candidate(listed[1].id, True, "too late")
 
 
 async def test_compared_pairs_are_saved_for_every_worker(database: Database, identity: IdentityService) -> None:

@@ -105,7 +105,7 @@ def describe(error: grpc.RpcError) -> str:
     and each offending field."""
     if not isinstance(error, grpc.Call):
         return f"the call failed: {error}"
-    text = f"{error.code().name}: {error.details()}"
+    text = f"{error.code().name}: {' '.join(str(error.details()).split())}"  # gRPC's own may span lines
     violations = field_violations(error)
     if violations:
         text += " (" + "; ".join(f"{v.field}: {v.description}" for v in violations) + ")"

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from tailor.identity.v1.identity_pb2 import Identifier
 
 from tailor_platform.errors import describe
 
@@ -40,5 +41,19 @@ def exit_on_failed_call() -> Iterator[None]:
     try:
         yield
     except grpc.RpcError as error:
-        errors.print(describe(error), style="red", markup=False, highlight=False)
+        errors.print(describe(error), style="red", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
+
+
+def parse_identifier(text: str) -> Identifier:
+    """An identifier as commands take it: TYPE:VALUE, or external:NAMESPACE:VALUE. ValueError
+    otherwise (as a Typer `parser`, a usage error naming the option)."""
+    kind, _, rest = text.partition(":")
+    if not kind or not rest:
+        raise ValueError(f"{text!r}: expected TYPE:VALUE, e.g. email:ann@example.com or phone:+14155550123")
+    if kind == "external":
+        namespace, _, value = rest.partition(":")
+        if not namespace or not value:
+            raise ValueError(f"{text!r}: expected external:NAMESPACE:VALUE")
+        return Identifier(type=kind, value=value, namespace=namespace)
+    return Identifier(type=kind, value=rest)

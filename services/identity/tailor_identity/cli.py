@@ -16,7 +16,7 @@ from rich.table import Table
 from tailor.common.v1.common_pb2 import PageRequest
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
-from tailor_platform.terminal import exit_on_failed_call, moment, titled_table
+from tailor_platform.terminal import exit_on_failed_call, moment, parse_identifier, titled_table
 
 console = Console()
 app = typer.Typer(
@@ -37,19 +37,6 @@ def identity_stub(address: str) -> Iterator[Stub]:
         yield identity_pb2_grpc.IdentityServiceStub(channel)
 
 
-def parse_identifier(text: str) -> pb.Identifier:
-    """TYPE:VALUE, or external:NAMESPACE:VALUE."""
-    kind, _, rest = text.partition(":")
-    if not rest:
-        raise typer.BadParameter(f"{text!r}: expected TYPE:VALUE, e.g. email:ann@example.com")
-    if kind == "external":
-        namespace, _, value = rest.partition(":")
-        if not value:
-            raise typer.BadParameter(f"{text!r}: expected external:NAMESPACE:VALUE")
-        return pb.Identifier(type=kind, value=value, namespace=namespace)
-    return pb.Identifier(type=kind, value=rest)
-
-
 # -- commands ---------------------------------------------------------------------------------------
 
 
@@ -58,18 +45,20 @@ def graph(
     customer_id: Annotated[str, typer.Argument(help="A customer id (or use --email / --id).")] = "",
     email: Annotated[str, typer.Option(help="Find the customer by email.")] = "",
     identifier: Annotated[
-        str, typer.Option("--id", help="Find the customer by TYPE:VALUE (external:NAMESPACE:VALUE).")
-    ] = "",
+        pb.Identifier | None,
+        typer.Option(
+            "--id", parser=parse_identifier, help="Find the customer by TYPE:VALUE (external:NAMESPACE:VALUE)."
+        ),
+    ] = None,
     address: Address = DEFAULT_ADDRESS,
 ) -> None:
     """A customer's identifiers with their evidence, its merge history and its conflicts."""
-    if sum(map(bool, (customer_id, email, identifier))) != 1:
+    if sum(map(bool, (customer_id, email, identifier is not None))) != 1:
         raise typer.BadParameter("give exactly one of a customer id, --email or --id")
     if customer_id:
         request = pb.GetGraphRequest(customer_id=customer_id)
     else:
-        subject = pb.Identifier(type="email", value=email) if email else parse_identifier(identifier)
-        request = pb.GetGraphRequest(identifier=subject)
+        request = pb.GetGraphRequest(identifier=identifier or pb.Identifier(type="email", value=email))
     with identity_stub(address) as stub:
         console.print(graph_view(stub.GetGraph(request, timeout=10)))
 
@@ -125,14 +114,14 @@ def unmerge(
     customer_id: Annotated[str, typer.Argument(help="The customer to separate.")],
     merge_id: Annotated[str, typer.Option(help="Reverse this merge (see `tailor identity graph`).")] = "",
     identifiers: Annotated[
-        list[str] | None, typer.Option("--id", help="Or split these identifiers (TYPE:VALUE) off into a new customer.")
+        list[pb.Identifier] | None,
+        typer.Option("--id", parser=parse_identifier, help="Or split these (TYPE:VALUE) off into a new customer."),
     ] = None,
     reason: Reason = "",
     address: Address = DEFAULT_ADDRESS,
 ) -> None:
     """Reverse a merge (--merge-id), or split identifiers off into a new customer (--id, repeated)."""
-    split = [parse_identifier(text) for text in identifiers or []]
-    request = pb.UnmergeRequest(customer_id=customer_id, merge_id=merge_id, identifiers=split, reason=reason)
+    request = pb.UnmergeRequest(customer_id=customer_id, merge_id=merge_id, identifiers=identifiers, reason=reason)
     with identity_stub(address) as stub:
         response = stub.Unmerge(request, timeout=30)
     console.print(f"unmerge {response.unmerge_id}: active again {', '.join(response.restored_ids) or '—'}")

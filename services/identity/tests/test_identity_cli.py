@@ -74,6 +74,20 @@ def test_an_operator_reviews_a_candidate_reads_the_graph_and_reverses_the_merge(
     assert f"customer {second} · active" in run(platform, "graph", "--id", "email:lee@example.com").output
 
 
+def test_an_operator_splits_identifiers_off_into_a_new_customer(
+    platform: Platform, stub: identity_pb2_grpc.IdentityServiceStub
+) -> None:
+    customer = resolve(stub, "pat@example.com")
+    phone = pb.Identifier(type="phone", value="+14155550199")
+    stub.Link(pb.LinkRequest(customer_id=customer, identifiers=[phone], evidence="call center"), timeout=10)
+
+    split = run(platform, "unmerge", customer, "--id", "phone:+14155550199", "--reason", "a shared phone")
+    assert split.exit_code == 0, split.output
+    new_customer = split.output.rsplit("active again ", 1)[1].strip()
+    assert new_customer and new_customer != customer
+    assert f"customer {new_customer} · active" in run(platform, "graph", "--id", "phone:+1 415 555 0199").output
+
+
 def test_failed_calls_and_bad_input_read_as_one_line_not_a_traceback(
     platform: Platform, stub: identity_pb2_grpc.IdentityServiceStub
 ) -> None:

@@ -16,25 +16,29 @@ from tailor.common.v1.common_pb2 import PageRequest
 from tailor.identity.v1 import identity_pb2
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor.profile.v1 import profile_pb2_grpc
-from tailor_platform.terminal import exit_on_failed_call, moment, titled_table
+from tailor_platform.terminal import exit_on_failed_call, moment, parse_identifier, titled_table
 
 console = Console()
 SUMMARY_WIDTH = 60
 
 
 def show_profile(
-    customer_id: Annotated[str, typer.Argument(help="A customer id (or use --email).")] = "",
+    customer_id: Annotated[str, typer.Argument(help="A customer id (or use --email / --id).")] = "",
     email: Annotated[str, typer.Option(help="Find the customer by email.")] = "",
+    identifier: Annotated[
+        identity_pb2.Identifier | None,
+        typer.Option("--id", parser=parse_identifier, help="Find the customer by TYPE:VALUE, e.g. phone:+4930123456."),
+    ] = None,
     events: Annotated[int, typer.Option(help="Also show this many latest events.", min=0, max=1000)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document (profile, events) for tools.")] = False,
     address: Annotated[str, typer.Option(help="host:port of the profile service.")] = "127.0.0.1:50052",
 ) -> None:
     """Show a customer's profile (attributes and computed traits) and latest events."""
-    if not customer_id and not email:
-        raise typer.BadParameter("give a customer id or --email")
+    if sum(map(bool, (customer_id, email, identifier is not None))) != 1:
+        raise typer.BadParameter("give exactly one of a customer id, --email or --id")
     request = pb.GetProfileRequest(customer_id=customer_id)
-    if email:
-        request = pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="email", value=email))
+    if email or identifier is not None:
+        request = pb.GetProfileRequest(identifier=identifier or identity_pb2.Identifier(type="email", value=email))
     with exit_on_failed_call():
         profile, timeline = fetch(address, request, events)
     if as_json:

@@ -138,6 +138,9 @@ def test_the_profile_command_shows_a_customer_by_email_as_tables_or_json(platfor
     assert "latest events" in shown.output and "order_completed" in shown.output
     assert "page_view" not in shown.output  # only the latest event
 
+    by_id = CliRunner().invoke(app, ["profile", "--id", f"email:{who}", *address])
+    assert by_id.exit_code == 0 and customer in by_id.output, by_id.output
+
     as_json = CliRunner().invoke(app, ["profile", customer, "--events", "2", "--json", *address])
     assert as_json.exit_code == 0, as_json.output
     document = json.loads(as_json.output)

@@ -103,7 +103,7 @@ def field_violations(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[FieldV
 def describe(error: grpc.RpcError) -> str:
     """A failed call on one line for people (command-line tools): the status code, the message,
     and each offending field."""
-    if not isinstance(error, grpc.Call):
+    if not isinstance(error, grpc.Call | grpc.aio.AioRpcError):  # the sync and the asyncio stubs' errors
         return f"the call failed: {error}"
     text = f"{error.code().name}: {' '.join(str(error.details()).split())}"  # gRPC's own may span lines
     violations = field_violations(error)

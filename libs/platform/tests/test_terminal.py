@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from tailor.identity.v1.identity_pb2 import Identifier
+from tailor_platform.errors import describe
 from tailor_platform.terminal import exit_on_failed_call, moment, parse_identifier
 
 
@@ -35,3 +37,17 @@ def test_a_failed_call_ends_the_command_with_one_line_and_exit_code_1(capsys: py
     assert ended.value.code == 1
     printed = capsys.readouterr().err.strip()
     assert printed.startswith("UNAVAILABLE: ") and "\n" not in printed and "Traceback" not in printed
+
+
+def test_a_failed_asyncio_call_reads_the_same() -> None:
+    async def call() -> None:
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{unused.getsockname()[1]}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/tailor.Nothing/Call")
+            await method(b"", timeout=2)
+
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        asyncio.run(call())
+    assert describe(failed.value).startswith("UNAVAILABLE: ")

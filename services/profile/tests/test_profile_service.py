@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,6 +31,7 @@ from tailor_cli.launcher import Platform
 from tailor_platform.bus.envelope import new_envelope, unpack
 from tailor_platform.errors import field_violations
 from tailor_profile.cli import show_profile
+from tailor_profile.demo.cli import demo_data
 from tailor_profile.demo.generator import DemoConfig, interleaved, population
 from tailor_profile.demo.truth import linkable_people, person_of
 from tailor_profile.testing import (
@@ -150,6 +153,28 @@ def test_the_profile_command_shows_a_customer_by_email_as_tables_or_json(platfor
     unknown = CliRunner().invoke(app, ["profile", "--email", email(), *address])
     assert unknown.exit_code == 1
     assert "NOT_FOUND" in unknown.output and "Traceback" not in unknown.output
+
+
+def test_demo_data_streams_into_the_running_service_and_a_second_send_changes_nothing(
+    platform: Platform, tmp_path: Path
+) -> None:
+    app = typer.Typer()
+    app.command("demo-data")(demo_data)
+    app.command("other")(lambda: None)
+    command = ["demo-data", "--people", "4", "--days", "30", "--seed", "5", "--out", str(tmp_path)]
+    command += ["--send", platform.address("profile")]
+
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
+    events = len((tmp_path / "events.jsonl").read_text().splitlines())
+    counts = dict(re.findall(r"(accepted|duplicates|rejected|queued): (\d+)", first.output))
+    # Other tests' demo people share these event ids: some may have been sent already.
+    assert int(counts["accepted"]) + int(counts["duplicates"]) == events > 0
+    assert counts["rejected"] == counts["queued"] == "0"
+
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 0, again.output
+    assert f"duplicates: {events}" in again.output and "accepted: 0" in again.output
 
 
 def test_a_resent_event_changes_nothing(stub: Stub) -> None:

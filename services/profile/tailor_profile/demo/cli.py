@@ -3,28 +3,32 @@ stream it into a running platform through ProfileService.IngestEvents."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 import typer
 from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from tailor.profile.v1 import profile_pb2 as pb
 from tailor.profile.v1 import profile_pb2_grpc
+from tailor_platform.channels import ChannelPool
+from tailor_platform.terminal import exit_on_failed_call
 
 from tailor_profile.demo.generator import DemoConfig, interleaved, population
 
 console = Console()
 BATCH = 500
+IN_FLIGHT = 4
+"""IngestEvents calls in flight while streaming: enough to keep every worker of profile busy."""
 
 
-def write_population(config: DemoConfig, out: Path) -> tuple[Path, Path, int]:
-    """events.jsonl (global time order) and truth.json in `out`; returns the paths and the count."""
+def write_population(config: DemoConfig, out: Path) -> tuple[Path, Path, list[pb.Event]]:
+    """events.jsonl (global time order) and truth.json in `out`; returns the paths and the events."""
     out.mkdir(parents=True, exist_ok=True)
     people = population(config)
     events = interleaved(list(people.events()))
@@ -33,40 +37,41 @@ def write_population(config: DemoConfig, out: Path) -> tuple[Path, Path, int]:
         for event in events:
             output.write(json.dumps(json_format.MessageToDict(event), separators=(",", ":")) + "\n")
     truth_path.write_text(json.dumps(people.truth(), indent=1))
-    return events_path, truth_path, len(events)
+    return events_path, truth_path, events
 
 
-def read_events(path: Path) -> Iterator[pb.Event]:
-    with path.open() as lines:
-        for line in lines:
-            yield json_format.ParseDict(json.loads(line), pb.Event())
+def send(address: str, events: Sequence[pb.Event]) -> dict[str, int]:
+    """Stream the events into IngestEvents in batches of BATCH, IN_FLIGHT calls at a time over
+    connections spread across the service's workers, with a progress bar; returns the outcome
+    counts. Batches may land out of order: traits do not depend on the order events arrive in."""
+    with exit_on_failed_call():
+        return asyncio.run(_send(address, events))
 
 
-def batches(events: Iterable[pb.Event], size: int = BATCH) -> Iterator[list[pb.Event]]:
-    batch: list[pb.Event] = []
-    for event in events:
-        batch.append(event)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def send(address: str, events_path: Path, total: int) -> dict[str, int]:
-    """Stream the file into IngestEvents with a progress bar; returns the outcome counts."""
+async def _send(address: str, events: Sequence[pb.Event]) -> dict[str, int]:
     counts = {"accepted": 0, "duplicates": 0, "rejected": 0, "queued": 0}
     columns = (TextColumn("ingesting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with grpc.insecure_channel(address) as channel, Progress(*columns, console=console) as progress:
-        stub = profile_pb2_grpc.ProfileServiceStub(channel)
-        task = progress.add_task("events", total=total)
-        for batch in batches(read_events(events_path)):
-            response = stub.IngestEvents(pb.IngestEventsRequest(events=batch), timeout=60)
-            counts["accepted"] += response.accepted
-            counts["duplicates"] += response.duplicates
-            counts["rejected"] += response.rejected
-            counts["queued"] += response.queued
-            progress.advance(task, len(batch))
+    pool = ChannelPool(address, IN_FLIGHT)
+    await pool.spread()
+    waiting = iter(range(0, len(events), BATCH))
+    try:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("events", total=len(events))
+
+            async def lane() -> None:
+                for start in waiting:  # the lanes share one iterator: each batch is sent once
+                    batch = events[start : start + BATCH]
+                    stub = profile_pb2_grpc.ProfileServiceStub(pool.channel())
+                    response = await stub.IngestEvents(pb.IngestEventsRequest(events=batch), timeout=120)
+                    counts["accepted"] += response.accepted
+                    counts["duplicates"] += response.duplicates
+                    counts["rejected"] += response.rejected
+                    counts["queued"] += response.queued
+                    progress.advance(task, len(batch))
+
+            await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+    finally:
+        await pool.close()
     return counts
 
 
@@ -87,10 +92,10 @@ def demo_data(
         day = datetime.strptime(end, "%Y-%m-%d").replace(tzinfo=UTC)
         config = DemoConfig(people=people, seed=seed, days=days, churn_share=churn_share, end=day)
     with console.status(f"generating {people} people…"):
-        events_path, truth_path, count = write_population(config, out)
-    console.print(f"wrote {count} events to [bold]{events_path}[/] and the ground truth to [bold]{truth_path}[/]")
+        events_path, truth_path, events = write_population(config, out)
+    console.print(f"wrote {len(events)} events to [bold]{events_path}[/] and the ground truth to [bold]{truth_path}[/]")
     if send_to:
-        counts = send(send_to, events_path, count)
+        counts = send(send_to, events)
         console.print(", ".join(f"{name}: {value}" for name, value in counts.items()))
 
 
@@ -103,8 +108,8 @@ def load_demo(address: str, people: int = 1000, seed: int = 42, out: Path = Path
         return example_commands(out / "truth.json")
     config = DemoConfig(people=people, seed=seed)
     with console.status(f"generating a demo population of {people} people…"):
-        events_path, truth_path, count = write_population(config, out)
-    counts = send(address, events_path, count)
+        _, truth_path, events = write_population(config, out)
+    counts = send(address, events)
     console.print("demo data: " + ", ".join(f"{name} {value}" for name, value in counts.items()))
     marker.write_text(json.dumps(counts))
     return example_commands(truth_path)

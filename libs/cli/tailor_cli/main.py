@@ -66,6 +66,10 @@ def up(
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C (or SIGTERM) must not cut the stop short: the services run in sessions of
+        # their own, so whatever is not stopped here would be left running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with console.status("stopping…"):
             platform.stop()
         console.print("stopped")

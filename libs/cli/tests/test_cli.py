@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import nats
@@ -140,3 +144,31 @@ def test_workers_share_the_port_and_stop_together(start_platform: Callable[..., 
     assert all(worker.is_running() for worker in workers)
     assert platform.stop_service("consent") == 0
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+
+
+def test_up_stops_everything_even_when_ctrl_c_is_pressed_twice(tmp_path: Path) -> None:
+    """The services run in sessions of their own: a second Ctrl-C during the stop must not leave
+    any of them (or PostgreSQL, or NATS) running."""
+    command = [sys.executable, "-m", "tailor_cli", "up", "--services", "consent", "--demo-people", "0"]
+    started: list[psutil.Process] = []
+    up = subprocess.Popen(
+        [*command, "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert up.stdout is not None
+        deadline = time.monotonic() + 120
+        while "Ctrl-C to stop" not in up.stdout.readline():
+            assert up.poll() is None and time.monotonic() < deadline, "tailor up did not come up"
+        started += psutil.Process(up.pid).children(recursive=True)
+        assert any("serve consent" in " ".join(child.cmdline()) for child in started)
+        up.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # into the stop
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=90) == 0
+        _, alive = psutil.wait_procs(started, timeout=10)
+        assert alive == []
+    finally:  # nothing left behind, whatever failed
+        leftovers = started if up.poll() is not None else [*started, psutil.Process(up.pid)]
+        for process in leftovers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()

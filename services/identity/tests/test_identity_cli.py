@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
@@ -101,3 +102,34 @@ def test_failed_calls_and_bad_input_read_as_one_line_not_a_traceback(
 
     assert run(platform, "graph", "--id", "no-colon").exit_code == 2  # usage error, before any call
     assert run(platform, "merge", customer, "other").exit_code == 2  # --reason is required
+
+
+def test_graph_and_queue_views_show_namespaces_conflicts_and_refused_links() -> None:
+    at = Timestamp(seconds=1_790_000_000)
+    found = pb.GetGraphResponse(
+        customer_id="c-1",
+        status="active",
+        person_records=2,
+        links=[
+            pb.IdentifierLink(
+                identifier=pb.Identifier(type="external", namespace="crm", value="C-17"),
+                source="link",
+                evidence="registration",
+                linked_at=at,
+            )
+        ],
+        conflicts=[pb.Conflict(customer_id="c-1", identifier_type="loyalty_id", reason="limit 1", created_at=at)],
+    )
+    console = Console(record=True, width=200)
+    console.print(cli.graph_view(found))
+    console.print(
+        cli.candidates_table(
+            [pb.Candidate(customer_id="c-1", other_customer_id="c-2", status="conflict", reason="a second loyalty id")]
+        )
+    )
+    text = console.export_text()
+    assert "customer c-1 · active · 2 person record(s)" in text
+    assert "crm:C-17" in text and "registration" in text and "2026-09-21 14:13:20 UTC" in text
+    assert "conflicts (links a rule refused)" in text and "limit 1" in text
+    assert "merges" not in text  # no history, no empty table
+    assert "a second loyalty id" in text and "nothing to review" not in text

@@ -29,6 +29,7 @@ from tailor_platform.service import ServiceSpec
 
 from tailor_cli import registry
 from tailor_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tailor_cli.leftovers import Leftovers
 
 
 @dataclass
@@ -88,15 +89,21 @@ class Platform:
         self.postgres = None if self.database_url else EmbeddedPostgres(self.data_dir)
         self.nats = None if self.nats_url else EmbeddedNats(self.data_dir, port=0 if self.free_ports else 4222)
         self.running: dict[str, RunningService] = {}
+        self.leftovers = Leftovers(self.data_dir / "processes.json")
+        self.stopped_leftovers: list[str] = []
+        """What an earlier launcher on this data directory left running, stopped at start."""
 
     # -- infrastructure ---------------------------------------------------------------------------
 
     def start_infrastructure(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.stopped_leftovers = self.leftovers.stop_all()
         if self.postgres is not None:
             self.database_url = self.postgres.start()
         if self.nats is not None:
             self.nats_url = self.nats.start()
+            assert self.nats.process is not None
+            self.leftovers.record("nats", self.nats.process)
         assert self.database_url is not None
         asyncio.run(ensure_databases(self.database_url, self.specs))
 
@@ -142,6 +149,7 @@ class Platform:
                 # directly; the launcher stops them in order (services, then NATS and PostgreSQL).
                 start_new_session=True,
             )
+        self.leftovers.record(name, process)
         running = RunningService(name, port, process, log_file)
         self.running[name] = running
         return running
@@ -172,6 +180,7 @@ class Platform:
             except subprocess.TimeoutExpired:
                 running.process.kill()
                 running.process.wait()
+        self.leftovers.forget(running.process)
         return running.process.returncode
 
     def restart_service(self, name: str) -> RunningService:
@@ -201,6 +210,8 @@ class Platform:
                 self.stop_service(name)
         if self.nats is not None:
             self.nats.stop()
+            if self.nats.process is not None:
+                self.leftovers.forget(self.nats.process)
         if self.postgres is not None:
             self.postgres.stop()
 

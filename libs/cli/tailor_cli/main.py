@@ -48,6 +48,9 @@ def up(
     try:
         with console.status("starting PostgreSQL and NATS…"):
             platform.start_infrastructure()
+        if platform.stopped_leftovers:
+            left = ", ".join(platform.stopped_leftovers)
+            console.print(f"[yellow]stopped what an earlier run left running in {data_dir}: {left}[/]")
         with console.status("migrating databases…"):
             platform.migrate()
         for name in platform.specs:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -146,29 +146,57 @@ def test_workers_share_the_port_and_stop_together(start_platform: Callable[..., 
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
 
 
+@contextlib.contextmanager
+def tailor_up(data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], list[psutil.Process], str]]:
+    """`tailor up` of consent alone, once it says it is up: the process, its children (services
+    and NATS), and what it printed. Whatever a test leaves running is killed afterwards."""
+    command = [sys.executable, "-m", "tailor_cli", "up", "--services", "consent", "--demo-people", "0"]
+    up = subprocess.Popen(
+        [*command, "--data-dir", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    started: list[psutil.Process] = []
+    try:
+        assert up.stdout is not None
+        printed, deadline = "", time.monotonic() + 120
+        while "Ctrl-C to stop" not in printed:
+            assert up.poll() is None and time.monotonic() < deadline, f"tailor up did not come up:\n{printed}"
+            printed += up.stdout.readline()
+        started += psutil.Process(up.pid).children(recursive=True)
+        assert any("serve consent" in " ".join(child.cmdline()) for child in started)
+        yield up, started, printed
+    finally:
+        # PostgreSQL is not a child (pg_ctl detaches it): found by its data directory in its command line.
+        everything = psutil.process_iter(["cmdline"])
+        of_this_directory = [p for p in everything if str(data_dir) in " ".join(p.info["cmdline"] or [])]
+        for process in [*started, *of_this_directory]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
 def test_up_stops_everything_even_when_ctrl_c_is_pressed_twice(tmp_path: Path) -> None:
     """The services run in sessions of their own: a second Ctrl-C during the stop must not leave
     any of them (or PostgreSQL, or NATS) running."""
-    command = [sys.executable, "-m", "tailor_cli", "up", "--services", "consent", "--demo-people", "0"]
-    started: list[psutil.Process] = []
-    up = subprocess.Popen(
-        [*command, "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        assert up.stdout is not None
-        deadline = time.monotonic() + 120
-        while "Ctrl-C to stop" not in up.stdout.readline():
-            assert up.poll() is None and time.monotonic() < deadline, "tailor up did not come up"
-        started += psutil.Process(up.pid).children(recursive=True)
-        assert any("serve consent" in " ".join(child.cmdline()) for child in started)
+    with tailor_up(tmp_path) as (up, started, _):
         up.send_signal(signal.SIGINT)
         time.sleep(0.3)  # into the stop
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=90) == 0
         _, alive = psutil.wait_procs(started, timeout=10)
         assert alive == []
-    finally:  # nothing left behind, whatever failed
-        leftovers = started if up.poll() is not None else [*started, psutil.Process(up.pid)]
-        for process in leftovers:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
+
+
+def test_up_stops_what_a_killed_launcher_left_running_in_its_data_directory(tmp_path: Path) -> None:
+    """A launcher killed outright stops nothing; the next one on the same directory does, before a
+    second NATS opens the same JetStream store."""
+    with tailor_up(tmp_path) as (killed, left, _):
+        killed.kill()
+        killed.wait(timeout=10)
+        assert all(process.is_running() for process in left)
+        with tailor_up(tmp_path) as (up, started, printed):
+            assert "stopped what an earlier run left running" in printed and "consent" in printed
+            _, alive = psutil.wait_procs(left, timeout=5)
+            assert alive == []
+            assert all(process.is_running() for process in started)
+            up.send_signal(signal.SIGINT)
+            assert up.wait(timeout=90) == 0
+    assert not (tmp_path / "processes.json").exists()

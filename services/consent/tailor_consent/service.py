@@ -156,16 +156,17 @@ class ConsentService:
         for record in await self.store.records_of(session, list(held)):
             held[record.customer_id][record.key] = record
         survivor = held.pop(survivor_id)
+        merged_at = applied.applied_at if applied is not None else None
         changes = []
-        if applied is not None:
+        if merged_at is not None:
             others = [record for customer in still_merged for record in held.pop(customer).values()]
-            reverted = revert_merge(unmerge.merge_id, audit, survivor, others, merged_at=applied.applied_at)
+            reverted = revert_merge(unmerge.merge_id, audit, survivor, others, merged_at=merged_at)
             changes = await self._revert(session, survivor_id, unmerge, reverted)
         copies = inherited_withdrawals(
             survivor.values(),
             {entry.record.request_id: entry.cause for entry in audit},
             held,
-            since=applied.applied_at if applied is not None else None,
+            since=merged_at,
             own_only=bool(unmerge.merge_id),
         )
         inherited = [

@@ -34,7 +34,7 @@ Reason = Annotated[str, typer.Option(help="Why: kept in the merge log.")]
 def identity_stub(address: str) -> Iterator[Stub]:
     """A stub for the duration of a command; a failed call ends the command with its status."""
     with exit_on_failed_call(), grpc.insecure_channel(address) as channel:
-        yield identity_pb2_grpc.IdentityServiceStub(channel)
+        yield Stub(channel)
 
 
 # -- commands ---------------------------------------------------------------------------------------

@@ -444,18 +444,12 @@ class ProfileService:
         they remain the named customer's, should identity separate the two again)."""
         async with self.db.transaction() as session:
             await self.store.lock_customers(session, [customer_id])
-            named, customer_id = (
-                customer_id,
-                (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id),
-            )
-            changed = await self.store.upsert_attributes(session, customer_id, values, origin_id=named)
-            if changed:
-                current = (await self._attribute_values(session, [customer_id])).get(customer_id, {})
+            holder = (await self.store.survivors(session, [customer_id])).get(customer_id, customer_id)
+            if await self.store.upsert_attributes(session, holder, values, origin_id=customer_id):
+                current = (await self._attribute_values(session, [holder])).get(holder, {})
                 update = {f"attribute.{v.name}": current.get(v.name, "") for v in values}
-                await self.outbox.add_many(
-                    session, [self._updated(customer_id, update, "attributes", 0, now_timestamp())]
-                )
-        return customer_id
+                await self.outbox.add_many(session, [self._updated(holder, update, "attributes", 0, now_timestamp())])
+        return holder
 
     async def profile(self, customer_id: str) -> ProfileView:
         customer_id, state, attributes = await self.store.profile_of(self.db, customer_id)

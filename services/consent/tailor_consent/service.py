@@ -123,7 +123,7 @@ class ConsentService:
             replace(taken, customer_id=survivor_id, updated_at=now, request_id=merge_request_id(merge_id, taken))
             for taken in merge_consents(survivor, absorbed)
         ]
-        await self.store.record_merge(session, merge_id, survivor_id, absorbed_ids, now)
+        await self.store.record_merge(session, merge_id, survivor_id, absorbed_ids)
         await events.publish_redirects(self.outbox, session, absorbed_ids, survivor_id, Cause.MERGE, now)
         for customer in absorbed_ids:
             self.cache.invalidate(customer)
@@ -164,7 +164,7 @@ class ConsentService:
             changes = await self._revert(session, survivor_id, unmerge, reverted)
         copies = inherited_withdrawals(
             survivor.values(),
-            {entry.record.request_id: entry.cause for entry in audit},
+            {entry.record.request_id: entry for entry in audit},
             held,
             since=merged_at,
             own_only=bool(unmerge.merge_id),

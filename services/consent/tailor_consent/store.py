@@ -86,6 +86,9 @@ class AuditRow(Base):
     request_id: Mapped[str] = mapped_column(String(200), unique=True)
     cause: Mapped[str] = mapped_column(String(16))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # When this entry was written, by the database's clock (recorded_at is when the decision was
+    # made, which an import may place long before). None: written before the column existed.
+    written_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
     removed: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     def record(self) -> ConsentRecord:
@@ -109,7 +112,8 @@ class AppliedMergeRow(Base):
     __tablename__ = "applied_merge"
 
     merge_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The database's clock, as the audit's written_at: the two are compared.
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
 
 
 class AliasRow(Base):
@@ -279,7 +283,7 @@ class ConsentStore:
         rows = await session.scalars(
             select(AuditRow).where(AuditRow.customer_id == customer_id).order_by(AuditRow.sequence)
         )
-        return [AuditEntry(row.sequence, row.cause, row.record()) for row in rows]
+        return [AuditEntry(row.sequence, row.cause, row.record(), row.written_at) for row in rows]
 
     async def replace_current(
         self, session: AsyncSession, customer_id: str, replacements: Sequence[tuple[Key, str, ConsentRecord | None]]
@@ -307,13 +311,12 @@ class ConsentStore:
     # -- merges and their reversals -------------------------------------------------------------
 
     async def record_merge(
-        self, session: AsyncSession, merge_id: str, survivor_id: str, absorbed_ids: Sequence[str], at: datetime
+        self, session: AsyncSession, merge_id: str, survivor_id: str, absorbed_ids: Sequence[str]
     ) -> None:
-        """The merge is applied; its absorbed customers are decided by the survivor from now on."""
+        """The merge is applied (now, by the database's clock); its absorbed customers are decided
+        by the survivor from now on."""
         await session.execute(
-            insert(AppliedMergeRow)
-            .values(merge_id=merge_id, applied_at=at)
-            .on_conflict_do_nothing(index_elements=["merge_id"])
+            insert(AppliedMergeRow).values(merge_id=merge_id).on_conflict_do_nothing(index_elements=["merge_id"])
         )
         aliases = insert(AliasRow).values(
             [{"absorbed_id": absorbed, "survivor_id": survivor_id, "merge_id": merge_id} for absorbed in absorbed_ids]

@@ -316,6 +316,17 @@ def test_identity_unmerged_gives_each_customer_back_its_own_consents(
     # While they are one customer, a withdrawal and a grant that may come from either person.
     stub.SetConsent(set_request(survivor, "marketing", "sms", False))
     stub.SetConsent(set_request(survivor, "analytics", "", True))
+    # The same, imported while they are one though dated before the merge: the id stood for both.
+    dated_before = datetime.now(UTC) - timedelta(days=3)
+    summary = stub.ImportConsents(
+        iter(
+            [
+                import_item(set_request(survivor, "profiling", "", True), dated_before),
+                import_item(set_request(survivor, "marketing", "push", False), dated_before),
+            ]
+        )
+    )
+    assert summary.imported == 2
 
     merge_id = unpack(merge, IdentityMerged).merge_id
     deliver(platform, unmerged_envelope(survivor, [absorbed], merge_id), "tailor.identity.unmerged", times=2)
@@ -328,16 +339,28 @@ def test_identity_unmerged_gives_each_customer_back_its_own_consents(
     assert reason(stub, survivor, "marketing", "sms") == "withdrawn"
     assert reason(stub, survivor, "analytics") == "no_consent_recorded"  # the unattributable grant: no one's
     assert reason(stub, absorbed, "analytics") == "no_consent_recorded"
+    assert reason(stub, survivor, "profiling") == "no_consent_recorded"
+    assert reason(stub, absorbed, "profiling") == "no_consent_recorded"
+    assert reason(stub, absorbed, "marketing", "push") == "withdrawn"
+    assert reason(stub, survivor, "marketing", "push") == "withdrawn"
     time.sleep(0.5)  # give a wrongful second application the chance to show up
     reverted = entries(stub, survivor, "unmerge")
     assert sorted((e.purpose, e.channel, e.granted, e.removed) for e in reverted) == [
         ("analytics", "", False, True),
         ("marketing", "email", True, False),
         ("personalization", "web", False, True),
+        ("profiling", "", False, True),
     ]
-    assert [(e.purpose, e.channel) for e in entries(stub, absorbed, "unmerge")] == [("marketing", "sms")]
+    assert sorted((e.purpose, e.channel) for e in entries(stub, absorbed, "unmerge")) == [
+        ("marketing", "push"),
+        ("marketing", "sms"),
+    ]
     own = stub.GetConsents(pb.GetConsentsRequest(customer_id=survivor)).consents
-    assert sorted((c.purpose, c.channel) for c in own) == [("marketing", "email"), ("marketing", "sms")]
+    assert sorted((c.purpose, c.channel) for c in own) == [
+        ("marketing", "email"),
+        ("marketing", "push"),
+        ("marketing", "sms"),
+    ]
 
 
 def test_a_merged_away_id_is_answered_and_changed_through_its_survivor(

@@ -1,5 +1,5 @@
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from tailor_consent.domain.model import Cause, ConsentRecord
 from tailor_consent.domain.rules import merge_consents
@@ -24,9 +24,9 @@ class Survivor:
         self.customer_id = customer_id
         self.audit: list[AuditEntry] = []
 
-    def add(self, cause: Cause, *records: ConsentRecord) -> None:
+    def add(self, cause: Cause, *records: ConsentRecord, written_at: datetime | None = None) -> None:
         for item in records:
-            self.audit.append(AuditEntry(len(self.audit) + 1, cause, item))
+            self.audit.append(AuditEntry(len(self.audit) + 1, cause, item, written_at))
 
     def merge(self, merge_id: str, absorbed: list[ConsentRecord]) -> None:
         taken = merge_consents(self.current().values(), absorbed)
@@ -40,6 +40,11 @@ class Survivor:
 
     def current(self) -> dict[tuple[str, str], ConsentRecord]:
         return replay(self.audit)
+
+
+def audit_of(*entries: tuple[ConsentRecord, str]) -> dict[str, AuditEntry]:
+    """Audit entries by request id, written when their records say (as a SetConsent's are)."""
+    return {item.request_id: AuditEntry(n, cause, item) for n, (item, cause) in enumerate(entries, 1)}
 
 
 def test_replay_keeps_the_newest_record_per_key_and_obeys_an_unmerge_entry() -> None:
@@ -108,6 +113,28 @@ def test_a_grant_given_while_merged_is_kept_by_no_one() -> None:
     assert not inherited_withdrawals(current.values(), {}, {"a": {}}, since=MERGED_AT, own_only=False)
 
 
+def test_an_import_written_while_merged_counts_as_while_merged_whatever_time_it_carries() -> None:
+    """An import may bring a decision dated before the merge; it still arrived for an id that stood
+    for both people: its grant is kept by no one, its withdrawal goes to the restored customer too."""
+    survivor = Survivor("s")
+    survivor.merge("m1", [record("a", "analytics", "", True, 1)])
+    dated_before = T0 + timedelta(days=2)
+    arrived = MERGED_AT + timedelta(hours=3)
+    grant = replace(record("s", "marketing", "sms", True, 0), updated_at=dated_before)
+    withdrawal = replace(record("s", "research", "", False, 0), updated_at=dated_before)
+    survivor.add(Cause.IMPORT, grant, withdrawal, written_at=arrived)
+    own_from_before = replace(record("s", "marketing", "email", True, 0), updated_at=dated_before)
+    survivor.add(Cause.SET, own_from_before, written_at=dated_before)
+    current = survivor.current()
+
+    reverted = revert_merge("m1", survivor.audit, current, [], merged_at=MERGED_AT)
+
+    assert [(item.key, item.restored) for item in reverted] == [(("analytics", ""), None), (("marketing", "sms"), None)]
+    audit = {entry.record.request_id: entry for entry in survivor.audit}
+    copies = inherited_withdrawals(current.values(), audit, {"a": {}}, since=MERGED_AT, own_only=True)
+    assert copies == [replace(withdrawal, customer_id="a")]
+
+
 def test_customers_still_merged_into_the_survivor_count_once_the_merge_is_gone() -> None:
     survivor = Survivor("s")
     b_grant = record("b", "marketing", "sms", True, 1)
@@ -137,11 +164,10 @@ def test_restored_customers_take_withdrawals_recorded_on_the_survivor_after_the_
     taken = replace(
         record("b", "marketing", "push", False, 0), customer_id="s", updated_at=MERGED_AT + timedelta(hours=2)
     )
-    causes = {before.request_id: "set", after.request_id: "set", granted_after.request_id: "set"}
-    causes[taken.request_id] = "merge"
+    audit = audit_of((before, "set"), (after, "set"), (granted_after, "set"), (taken, "merge"))
 
     copies = inherited_withdrawals(
-        [before, after, granted_after, taken], causes, {"a": {}}, since=MERGED_AT, own_only=True
+        [before, after, granted_after, taken], audit, {"a": {}}, since=MERGED_AT, own_only=True
     )
 
     assert copies == [replace(after, customer_id="a")]
@@ -154,7 +180,7 @@ def test_a_restored_customers_newer_record_is_not_overridden() -> None:
 
     copies = inherited_withdrawals(
         [withdrawal],
-        {withdrawal.request_id: "set"},
+        audit_of((withdrawal, "set")),
         {"a": {newer_grant.key: newer_grant}, "c": {older_grant.key: older_grant}},
         since=None,
         own_only=False,
@@ -170,7 +196,7 @@ def test_a_split_off_customer_takes_every_withdrawal_and_no_grant() -> None:
 
     copies = inherited_withdrawals(
         [withdrawal, merged_withdrawal, grant],
-        {withdrawal.request_id: "set", merged_withdrawal.request_id: "merge", grant.request_id: "set"},
+        audit_of((withdrawal, "set"), (merged_withdrawal, "merge"), (grant, "set")),
         {"n": {}},
         since=None,
         own_only=False,

@@ -9,7 +9,9 @@ before with the customers still merged into it; or no record at all. The restore
 their own records, which a merge never touches.
 
 What happened while the customers were one cannot be attributed: a consent recorded on the
-survivor after the merge may have come from the person now restored. Such withdrawals are kept
+survivor after the merge may have come from the person now restored. "After" is when consent wrote
+it, not the time the record carries: an import can bring a decision dated before the merge, yet
+the merge had already made the survivor's id stand for both people. Such withdrawals are kept
 and copied to the restored customers. Such grants are kept by no one: the survivor goes back to
 what it held without them too (without a record a check is denied), since a grant one person gave
 must not let another be contacted. A split has no merge time to tell before from after, so the
@@ -34,6 +36,12 @@ class AuditEntry:
     sequence: int
     cause: str
     record: ConsentRecord
+    written_at: datetime | None = None
+    """When consent wrote the entry (None: before that was kept; the record's own time stands in)."""
+
+    @property
+    def written(self) -> datetime:
+        return self.written_at if self.written_at is not None else self.record.updated_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +127,12 @@ def revert_merge(
 
 def _granted_while_merged(entry: AuditEntry, merged_at: datetime) -> bool:
     record = entry.record
-    return record.granted and entry.cause in (Cause.SET, Cause.IMPORT) and record.updated_at > merged_at
+    return record.granted and entry.cause in (Cause.SET, Cause.IMPORT) and entry.written > merged_at
 
 
 def inherited_withdrawals(
     survivor_current: Iterable[ConsentRecord],
-    causes: Mapping[str, str],
+    audit: Mapping[str, AuditEntry],
     restored_current: Mapping[str, Mapping[Key, ConsentRecord]],
     *,
     since: datetime | None,
@@ -133,15 +141,25 @@ def inherited_withdrawals(
     """The survivor's withdrawals each restored customer takes over (as its own records, with
     their original time), where the restored customer holds nothing newer.
 
-    `since`: only withdrawals recorded after it (the merge; None: all). `own_only`: only those set
-    or imported on the survivor itself, not taken over from another customer by a merge.
+    `audit`: the survivor's audit entries by request id. `since`: only withdrawals written after it
+    (the merge; None: all). `own_only`: only those set or imported on the survivor itself, not
+    taken over from another customer by a merge.
     """
+
+    def written(record: ConsentRecord) -> datetime:
+        entry = audit.get(record.request_id)
+        return entry.written if entry is not None else record.updated_at
+
+    def cause(record: ConsentRecord) -> str | None:
+        entry = audit.get(record.request_id)
+        return entry.cause if entry is not None else None
+
     withdrawals = [
         record
         for record in survivor_current
         if not record.granted
-        and (since is None or record.updated_at > since)
-        and (not own_only or causes.get(record.request_id) in (Cause.SET, Cause.IMPORT))
+        and (since is None or written(record) > since)
+        and (not own_only or cause(record) in (Cause.SET, Cause.IMPORT))
     ]
     copies = []
     for customer_id, held in sorted(restored_current.items()):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator
+import resource
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -53,6 +55,53 @@ def _steal_and_total() -> tuple[int, int] | None:
     # Guest time is already counted in user and nice (fields 9 and 10 are part of them).
     busy_and_idle = sum(ticks[:8])
     return ticks[7], busy_and_idle
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU time (user + system, s) of a process and every descendant, living or exited: each
+    living process's own time plus that of its exited children (counted once their parent reaped
+    them, as PostgreSQL's postmaster does its backends and autovacuum workers)."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return total
+    for process in tree:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue  # exited since listed: its time is now its parent's, read after it or lost
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+@contextmanager
+def cpu_use(roots: Mapping[str, int]) -> Iterator[Callable[[], dict[str, float]]]:
+    """CPU seconds spent over the block by each named process tree (name -> root pid), by "clients"
+    (the benchmark's own process and the children it ran to completion inside the block, e.g. the
+    load generators) and by the whole machine ("machine", all cores, anything running):
+    `with cpu_use({...}) as used: ...; used()`."""
+
+    def sample() -> dict[str, float]:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        machine = psutil.cpu_times()
+        figures = {name: process_tree_cpu_s(pid) for name, pid in roots.items()}
+        figures["clients"] = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+        figures["machine"] = machine.user + machine.system + machine.nice + machine.irq + machine.softirq
+        return figures
+
+    before = sample()
+    after: dict[str, float] | None = None
+
+    def used() -> dict[str, float]:
+        end = after or sample()
+        return {name: max(0.0, end[name] - before[name]) for name in before}
+
+    try:
+        yield used
+    finally:
+        after = sample()
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from tailor_platform.db import driver_url
 from tailor_profile.demo.generator import DemoConfig, interleaved, person_events, population
 from tailor_profile.demo.truth import Connectivity, person_of
 
-from bench.framework import SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most
+from bench.framework import SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most, cpu_use
 from bench.loadgen import LoadSpec, run_load
 from bench.noop_server import running_noop_server
 
@@ -45,6 +45,7 @@ WORKERS = {"TAILOR_IDENTITY_WORKERS": "2", "TAILOR_PROFILE_WORKERS": str(PROFILE
 """Two worker processes per service (2 cores). Every client keeps a connection per worker, spread
 over them (ChannelPool.spread: each load generator process, and profile's identity client)."""
 BATCH = 500
+TARGET_EVENTS_PER_S = 10_000
 GROUP = 400
 """People whose events are interleaved in time order before being cut into batches."""
 
@@ -196,7 +197,10 @@ def ingest(
     address = platform.address("profile")
     spec = LoadSpec(address, INGEST_METHOD, (), sizes.ingest_concurrency, 2, once=True, connections=2, lanes=lanes)
     batches = sum(map(len, lanes))
-    with report.step(f"ingesting {events:,} events in {batches:,} batches of {BATCH}"):
+    with (
+        report.step(f"ingesting {events:,} events in {batches:,} batches of {BATCH}"),
+        cpu_use(_roots(platform)) as used,
+    ):
         started = time.monotonic()
         result = run_load(spec, SCRATCH_DIR / "profile" / "load")
         wait_drained(url)
@@ -206,10 +210,46 @@ def ingest(
         f"ingested {events:,} events ({stored:,} stored) in {seconds:.1f} s: {events / seconds:,.0f} events/s, "
         f"p99 batch {result.percentile_ms(0.99):.0f} ms"
     )
-    return {
+    figures = {
         "profile.ingest.events_per_s": round(events / seconds, 1),
         "profile.ingest.p99_ms_batch500": round(result.percentile_ms(0.99), 1),
     }
+    figures.update(cpu_per_batch(used(), seconds, events, report))
+    return figures
+
+
+def _roots(platform: Platform) -> dict[str, int]:
+    """The process trees whose CPU the ingestion is charged: each service (its workers included),
+    PostgreSQL (the postmaster and its backends) and NATS."""
+    roots = {name: platform.running[name].process.pid for name in ("profile", "identity")}
+    if platform.postgres is not None:
+        roots["postgres"] = int((platform.postgres.pgdata / "postmaster.pid").read_text().split()[0])
+    if platform.nats is not None and platform.nats.process is not None:
+        roots["nats"] = platform.nats.process.pid
+    return roots
+
+
+def cpu_per_batch(spent: dict[str, float], seconds: float, events: int, report: Reporter) -> dict[str, float]:
+    """Where the machine's CPU went, per batch of BATCH events, against what the throughput target
+    leaves: every core for 1 s per TARGET_EVENTS_PER_S events."""
+    batches = events / BATCH
+    per_batch = {name: 1000 * used_s / batches for name, used_s in spent.items()}
+    cores = psutil.cpu_count() or 1
+    allowed = 1000 * cores * BATCH / TARGET_EVENTS_PER_S
+    busy_pct = 100 * spent["machine"] / (seconds * cores)
+    parts = ", ".join(
+        f"{name} {per_batch[name]:.1f}"
+        for name in ("profile", "identity", "postgres", "nats", "clients")
+        if name in per_batch
+    )
+    report.note(
+        f"CPU per batch of {BATCH} (ms): {parts}; machine {per_batch['machine']:.1f} ({busy_pct:.0f}% of its cores "
+        f"busy); {TARGET_EVENTS_PER_S:,} events/s would leave {allowed:.0f}"
+    )
+    figures = {f"profile.ingest.cpu_ms_per_batch.{name}": round(value, 1) for name, value in per_batch.items()}
+    figures["profile.ingest.cpu_ms_per_batch.at_target"] = round(allowed, 1)
+    figures["profile.ingest.machine_busy_pct"] = round(busy_pct, 1)
+    return figures
 
 
 def noop_rate(lanes: list[list[bytes]], sizes: Sizes, report: Reporter) -> float:
@@ -305,11 +345,24 @@ BENCHMARK = Benchmark(
             "profile.ingest.events_per_s",
             "sustained ingestion, until profile.updated is published",
             "/s",
-            at_least(10_000),
+            at_least(TARGET_EVENTS_PER_S),
         ),
         Figure("profile.ingest.p99_ms_batch500", "IngestEvents p99 latency, batches of 500", "ms", at_most(150)),
         Figure("profile.ingest.noop_events_per_s", "no-op IngestEvents servicer, same client", "/s"),
         Figure("profile.ingest.ratio_to_noop", "ingestion rate / no-op rate"),
+        *(
+            Figure(f"profile.ingest.cpu_ms_per_batch.{name}", f"CPU per batch of 500 during ingestion: {label}", "ms")
+            for name, label in (
+                ("profile", "profile (its workers summed)"),
+                ("identity", "identity (its workers summed)"),
+                ("postgres", "PostgreSQL"),
+                ("nats", "NATS"),
+                ("clients", "the load generator"),
+                ("machine", "the whole machine (all cores, everything)"),
+                ("at_target", "what 10,000 events/s leaves (every core)"),
+            )
+        ),
+        Figure("profile.ingest.machine_busy_pct", "the machine's cores busy during ingestion", "%"),
         Figure("profile.ingest.peak_rss_mb", "peak RSS of the profile service (its 2 workers summed)", "MB"),
         Figure("profile.get.p99_ms_c8", "GetProfile p99 latency, concurrency 8", "ms", at_most(10)),
         Figure("profile.get.qps_c8", "GetProfile QPS, concurrency 8", "/s"),
@@ -337,6 +390,11 @@ BENCHMARK = Benchmark(
         "resolved with one identity.ResolveBatch, stored, folded into traits and announced with profile.updated "
         "through the outbox. The rate counts until the outbox is empty (every profile.updated published) and "
         "no event waits for identity any more (batches whose ResolveBatch missed its deadline are queued).",
+        "CPU per batch: user + system CPU time of each process tree (a service with its workers; "
+        "PostgreSQL's postmaster with its backends and autovacuum workers, exited ones included) over the "
+        "ingestion, divided by the batches; 'machine' is every core's busy time (all processes); "
+        "'at target' is what the throughput target leaves: all cores for 1 s per 10,000 events. Where the "
+        "parts add up to more than that, the target cannot be met by waiting less, only by spending less.",
         "No-op: a grpc.aio IngestEvents servicer in its own process that parses the batch and answers "
         "'accepted' per event, driven by the same client with the first batches.",
         "GetProfile: random stored profiles by customer id, 2 s warm-up then 10 s, concurrency 8, once profile's "

@@ -1,0 +1,43 @@
+"""bench.framework.cpu_use: what the profile benchmark charges each process tree."""
+
+import subprocess
+import sys
+import time
+
+from bench.framework import cpu_use
+
+BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
+PARENT = (
+    "import subprocess, sys, time\n"
+    "subprocess.run([sys.executable, '-c', {child!r}], check=True)\n"
+    "print('reaped', flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
+def test_a_tree_is_charged_for_a_child_that_burned_cpu_and_exited() -> None:
+    """The child's CPU reaches its parent's children_* once reaped: a backend that disconnected, or
+    an autovacuum worker, still counts for PostgreSQL."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT.format(child=BURN.format(seconds=0.4))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        with cpu_use({"tree": parent.pid}) as used:
+            assert parent.stdout is not None
+            assert parent.stdout.readline().strip() == "reaped"
+        spent = used()
+        assert set(spent) == {"tree", "clients", "machine"}
+        assert spent["tree"] >= 0.3  # of 0.4 s: the child may have begun before the first reading
+        assert spent["machine"] >= spent["tree"] * 0.9
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_clients_are_the_children_the_block_ran_to_completion() -> None:
+    with cpu_use({}) as used:
+        subprocess.run([sys.executable, "-c", BURN.format(seconds=0.3)], check=True)
+        started = time.process_time()
+        while time.process_time() < started + 0.1:
+            pass
+    assert used()["clients"] >= 0.35

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
-from tailor_platform.bus.merges import Unmerge
+from tailor_platform.bus.merges import Merge, Unmerge
 from tailor_platform.bus.outbox import Outbox
 from tailor_platform.db import Database
 from tailor_platform.errors import AlreadyExists
@@ -106,12 +106,11 @@ class ConsentService:
         async with self.db.sessions() as session:
             return await self.store.history(session, customer_id, after_sequence, limit)
 
-    async def merge(
-        self, session: AsyncSession, survivor_id: str, absorbed_ids: Sequence[str], merge_id: str
-    ) -> list[ConsentRecord]:
+    async def merge(self, session: AsyncSession, merge: Merge) -> list[ConsentRecord]:
         """Fold the absorbed customers' consents into the survivor, in the caller's transaction
         (the identity.merged consumer's, which also records the message as processed). A merge
         identity has already reversed (its identity.unmerged came first) is not applied."""
+        survivor_id, absorbed_ids, merge_id = merge.survivor_id, merge.absorbed_ids, merge.merge_id
         if await self.store.is_reversed(session, merge_id):
             return []
         everything = await self.store.records_of(session, [survivor_id, *absorbed_ids])
@@ -123,7 +122,7 @@ class ConsentService:
             replace(taken, customer_id=survivor_id, updated_at=now, request_id=merge_request_id(merge_id, taken))
             for taken in merge_consents(survivor, absorbed)
         ]
-        await self.store.record_merge(session, merge_id, survivor_id, absorbed_ids)
+        await self.store.record_merge(session, merge_id, survivor_id, absorbed_ids, merge.merged_at)
         await events.publish_redirects(self.outbox, session, absorbed_ids, survivor_id, Cause.MERGE, now)
         for customer in absorbed_ids:
             self.cache.invalidate(customer)

@@ -112,7 +112,7 @@ class AppliedMergeRow(Base):
     __tablename__ = "applied_merge"
 
     merge_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    # The database's clock, as the audit's written_at: the two are compared.
+    # When the merge took effect (see record_merge); compared with the audit's written_at.
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
 
 
@@ -311,12 +311,23 @@ class ConsentStore:
     # -- merges and their reversals -------------------------------------------------------------
 
     async def record_merge(
-        self, session: AsyncSession, merge_id: str, survivor_id: str, absorbed_ids: Sequence[str]
+        self,
+        session: AsyncSession,
+        merge_id: str,
+        survivor_id: str,
+        absorbed_ids: Sequence[str],
+        merged_at: datetime | None,
     ) -> None:
-        """The merge is applied (now, by the database's clock); its absorbed customers are decided
-        by the survivor from now on."""
+        """The merge is applied; its absorbed customers are decided by the survivor from now on.
+        It took effect when identity merged them (`merged_at`), or now by the database's clock if
+        that is earlier (clocks differ) or identity did not say: whichever counts more as "while
+        merged" (domain/unmerges.py)."""
+        now = func.clock_timestamp()
+        applied_at = now if merged_at is None else func.least(merged_at, now)
         await session.execute(
-            insert(AppliedMergeRow).values(merge_id=merge_id).on_conflict_do_nothing(index_elements=["merge_id"])
+            insert(AppliedMergeRow)
+            .values(merge_id=merge_id, applied_at=applied_at)
+            .on_conflict_do_nothing(index_elements=["merge_id"])
         )
         aliases = insert(AliasRow).values(
             [{"absorbed_id": absorbed, "survivor_id": survivor_id, "merge_id": merge_id} for absorbed in absorbed_ids]

@@ -230,10 +230,14 @@ async def publish(nats_url: str, subject: str, payload: bytes, msg_id: str) -> N
         await connection.close()
 
 
-def merged_envelope(survivor: str, absorbed: list[str], merge_id: str = "") -> Envelope:
+def merged_envelope(
+    survivor: str, absorbed: list[str], merge_id: str = "", merged_at: datetime | None = None
+) -> Envelope:
     event = IdentityMerged(
         survivor_id=survivor, absorbed_ids=absorbed, evidence="shared email", merge_id=merge_id or uuid.uuid4().hex
     )
+    if merged_at is not None:
+        event.merged_at.FromDatetime(merged_at)
     return new_envelope("identity.merged", "identity", event, customer_id=survivor)
 
 
@@ -411,6 +415,29 @@ def test_a_merge_reversed_before_it_arrived_is_never_applied(
 
     assert reason(stub, survivor, "marketing", "email") == "no_consent_recorded"
     assert entries(stub, survivor, "merge") == []
+
+
+def test_while_merged_begins_when_identity_merged_not_when_consent_caught_up(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    """A grant given through the survivor's id after identity merged the two, but before the
+    merge reached consent, may be either person's: on reversal no one keeps it."""
+    survivor, absorbed = customer(), customer()
+    stub.SetConsent(set_request(survivor, "marketing", "email", True))  # before the merge: its own
+    time.sleep(0.01)
+    merged_at = datetime.now(UTC)
+    time.sleep(0.01)
+    stub.SetConsent(set_request(survivor, "analytics", "", True))  # after it, the bus not caught up
+    merge = merged_envelope(survivor, [absorbed], merged_at=merged_at)
+    deliver(platform, merge, "tailor.identity.merged")
+    wait_until(lambda: allowed(stub, absorbed, "analytics"))  # applied: answered through the survivor
+
+    merge_id = unpack(merge, IdentityMerged).merge_id
+    deliver(platform, unmerged_envelope(survivor, [absorbed], merge_id), "tailor.identity.unmerged")
+
+    wait_until(lambda: reason(stub, survivor, "analytics") == "no_consent_recorded")
+    assert allowed(stub, survivor, "marketing", "email")
+    assert reason(stub, absorbed, "analytics") == "no_consent_recorded"
 
 
 def test_a_customer_split_off_takes_the_withdrawals_but_no_grant(

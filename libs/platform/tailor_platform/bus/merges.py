@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
@@ -24,6 +25,8 @@ class Merge:
     survivor_id: str
     absorbed_ids: list[str]
     merge_id: str
+    merged_at: datetime | None = None
+    """When identity merged them (None: the message does not say)."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ class Unmerge:
     unmerge_id: str
 
 
-Fold = Callable[[AsyncSession, str, list[str], str], Awaitable[object]]
-"""fold(session, survivor_id, absorbed_ids, merge_id), in the consumer's transaction."""
+Fold = Callable[[AsyncSession, Merge], Awaitable[object]]
+"""fold(session, merge), in the consumer's transaction."""
 
 FoldMany = Callable[[AsyncSession, list[Merge]], Awaitable[object]]
 """fold_many(session, merges in the order they were published), in the consumer's transaction."""
@@ -50,15 +53,15 @@ def merge_of(envelope: Envelope) -> Merge:
     absorbed = [customer for customer in merged.absorbed_ids if customer and customer != merged.survivor_id]
     if not merged.survivor_id or not absorbed:
         raise PoisonMessage("identity.merged needs a survivor_id and at least one other absorbed id")
-    return Merge(merged.survivor_id, absorbed, merged.merge_id or envelope.id)
+    merged_at = merged.merged_at.ToDatetime(tzinfo=UTC) if merged.HasField("merged_at") else None
+    return Merge(merged.survivor_id, absorbed, merged.merge_id or envelope.id, merged_at)
 
 
 def identity_merged_subscription(fold: Fold) -> Subscription:
     """A durable subscription that calls `fold` once per merge."""
 
     async def handle(session: AsyncSession, envelope: Envelope) -> None:
-        merge = merge_of(envelope)
-        await fold(session, merge.survivor_id, merge.absorbed_ids, merge.merge_id)
+        await fold(session, merge_of(envelope))
 
     return Subscription("identity-merged", IDENTITY_MERGED_SUBJECT, handle)
 

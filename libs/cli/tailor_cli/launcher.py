@@ -29,7 +29,7 @@ from tailor_platform.service import ServiceSpec
 
 from tailor_cli import registry
 from tailor_cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from tailor_cli.leftovers import Leftovers
+from tailor_cli.leftovers import RECORD_FILE, Leftovers
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Platform:
         self.postgres = None if self.database_url else EmbeddedPostgres(self.data_dir)
         self.nats = None if self.nats_url else EmbeddedNats(self.data_dir, port=0 if self.free_ports else 4222)
         self.running: dict[str, RunningService] = {}
-        self.leftovers = Leftovers(self.data_dir / "processes.json")
+        self.leftovers = Leftovers(self.data_dir / RECORD_FILE)
         self.stopped_leftovers: list[str] = []
         """What an earlier launcher on this data directory left running, stopped at start."""
 
@@ -214,6 +214,15 @@ class Platform:
                 self.leftovers.forget(self.nats.process)
         if self.postgres is not None:
             self.postgres.stop()
+
+    def stop_left_running(self) -> list[str]:
+        """Stop, without starting anything, what a launcher on this data directory left running:
+        the services and NATS it recorded, and the embedded PostgreSQL. The names stopped."""
+        stopped = self.leftovers.stop_all()
+        if self.postgres is not None and self.postgres.is_running():
+            self.postgres.stop()
+            stopped.append("postgres")
+        return stopped
 
     def __enter__(self) -> Platform:
         return self.start()

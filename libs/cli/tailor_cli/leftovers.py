@@ -14,6 +14,8 @@ from pathlib import Path
 import psutil
 
 STOP_TIMEOUT_S = 20.0
+RECORD_FILE = "processes.json"
+"""Where, in the data directory, a launcher records the processes it started."""
 
 
 class Leftovers:

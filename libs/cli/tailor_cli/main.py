@@ -78,6 +78,19 @@ def up(
         console.print("stopped")
 
 
+@app.command()
+def down(
+    data_dir: Annotated[Path, typer.Option(help="The data directory `tailor up` ran on.")] = Path(".tailor"),
+) -> None:
+    """Stop what `tailor up` left running in a data directory when it was killed outright or its
+    terminal closed: its services, NATS and PostgreSQL. A `tailor up` still running there stops too."""
+    stopped = Platform(data_dir).stop_left_running()
+    if stopped:
+        console.print(f"stopped in {data_dir}: {', '.join(stopped)}")
+    else:
+        console.print(f"nothing was running in {data_dir}")
+
+
 def _load_demo(platform: Platform, people: int) -> None:
     """Generate (once per data directory) and ingest a demo population, then show how to look."""
     from tailor_profile.demo.cli import load_demo  # only where the profile service is installed

@@ -18,7 +18,7 @@ import nats
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
-from tailor_cli.embedded import free_port
+from tailor_cli.embedded import EmbeddedPostgres, free_port
 from tailor_cli.launcher import Platform, ensure_databases
 from tailor_cli.testing import Infra
 from tailor_platform.channels import WORKER_HEADER, ChannelPool
@@ -200,3 +200,21 @@ def test_up_stops_what_a_killed_launcher_left_running_in_its_data_directory(tmp_
             up.send_signal(signal.SIGINT)
             assert up.wait(timeout=90) == 0
     assert not (tmp_path / "processes.json").exists()
+
+
+def test_down_stops_what_a_killed_launcher_left_running_without_starting_anything(tmp_path: Path) -> None:
+    with tailor_up(tmp_path) as (killed, left, _):
+        killed.kill()
+        killed.wait(timeout=10)
+        postgres = EmbeddedPostgres(tmp_path)
+        assert postgres.is_running()
+
+        down = tailor("down", "--data-dir", str(tmp_path))
+
+        assert down.returncode == 0, down.stdout
+        assert "stopped in" in down.stdout and all(name in down.stdout for name in ("consent", "nats", "postgres"))
+        _, alive = psutil.wait_procs(left, timeout=5)
+        assert alive == []
+        assert not postgres.is_running()
+        again = tailor("down", "--data-dir", str(tmp_path))
+        assert again.returncode == 0 and "nothing was running" in again.stdout

@@ -26,7 +26,7 @@ from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.matching import Thresholds
 from tailor_identity.domain.model import DEFAULT_LIMITS
 from tailor_identity.domain.normalize import EmailRules
-from tailor_identity.service import DEFAULT_PERSON_CACHE_SIZE, IdentityService
+from tailor_identity.service import DEFAULT_MAX_BLOCK_SIZE, DEFAULT_PERSON_CACHE_SIZE, IdentityService
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class IdentitySettings(ServiceSettings):
     identity_review_probability: float = Field(default=Thresholds().review, gt=0, le=1)
     # Decrypted person records kept in memory for matching (0: decrypt on every use).
     identity_person_cache_size: int = Field(default=DEFAULT_PERSON_CACHE_SIZE, ge=0)
+    # Blocks of more stored persons than this are not searched by probabilistic matching.
+    identity_max_block_size: int = Field(default=DEFAULT_MAX_BLOCK_SIZE, ge=1)
 
     def keyring(self) -> Keyring:
         if self.identity_encryption_key and self.identity_blind_index_key:
@@ -85,6 +87,7 @@ def build(runtime: Runtime) -> Components:
         thresholds=thresholds,
         limits=settings.identity_limits,
         person_cache_size=settings.identity_person_cache_size,
+        max_block_size=settings.identity_max_block_size,
     )
     api = IdentityApi(service, keys)
     return Components(

@@ -36,6 +36,8 @@ U_SAMPLE = 2000
 REFIT_GROWTH = 1.05
 DEFAULT_PERSON_CACHE_SIZE = 100_000
 EXACT_PERSON_COUNT = 10_000
+DEFAULT_MAX_BLOCK_SIZE = 50
+"""Blocks of more stored persons than this are not searched (see IdentityService.max_block_size)."""
 """Person records are counted exactly up to this many, then estimated (see store.estimate_persons)."""
 PATTERN_SAVE_INTERVAL_S = 1.0
 RETRYABLE_SQLSTATES = {"40001", "40P01", "23505"}  # serialization failure, deadlock, unique violation
@@ -162,6 +164,7 @@ class IdentityService:
         limits: dict[str, int] | None = None,
         store: IdentityStore | None = None,
         person_cache_size: int = DEFAULT_PERSON_CACHE_SIZE,
+        max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -173,6 +176,11 @@ class IdentityService:
         # batch, and decrypting them was a fifth of its time. Plaintext stays in this process's
         # memory only (never written anywhere); size 0 turns the cache off.
         self.persons: LruCache[int, Person] = LruCache(person_cache_size)
+        # A block key shared by more stored persons than this (a common name's sound with a birth
+        # year, a house number in a big city) tells too little to compare a record with all of
+        # them; left out, matching costs the same per record whether a thousand or ten million
+        # persons are stored. The other, more selective keys of the record are still searched.
+        self.max_block_size = max_block_size
         # EM over blocked pairs (m and the number of true matches) and u from random pairs combine
         # into the scoring model.
         self.model = MatchModel()
@@ -429,7 +437,8 @@ class IdentityService:
         keys to the active ones while a rotation runs."""
         by_block: dict[bytes, list[tuple[str, Person]]] = {}
         decrypted: dict[int, Person] = {}
-        for block_key, row in await self.store.persons_in_blocks(session, block_keys + list(old_blocks)):
+        searched = block_keys + list(old_blocks)
+        for block_key, row in await self.store.persons_in_blocks(session, searched, self.max_block_size):
             if row.id not in decrypted:
                 decrypted[row.id] = self._person(row)
             by_block.setdefault(old_blocks.get(block_key, block_key), []).append((row.customer_id, decrypted[row.id]))
@@ -690,7 +699,8 @@ class IdentityService:
         ]
         if not mine:
             return
-        others = await self.store.persons_in_blocks(session, await self.store.block_keys_of(session, customer_id))
+        blocks = await self.store.block_keys_of(session, customer_id)
+        others = await self.store.persons_in_blocks(session, blocks, self.max_block_size)
         best: dict[str, tuple[float, Pattern]] = {}
         for _, row in others:
             if row.customer_id == customer_id:

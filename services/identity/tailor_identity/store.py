@@ -381,18 +381,23 @@ class IdentityStore:
             )
 
     async def persons_in_blocks(
-        self, session: AsyncSession, block_keys: Sequence[bytes]
+        self, session: AsyncSession, block_keys: Sequence[bytes], max_block: int
     ) -> list[tuple[bytes, PersonRow]]:
+        """The stored persons of each block, leaving out blocks of more than `max_block` persons
+        (no more than `max_block` + 1 rows of one are read to find out)."""
         if not block_keys:
             return []
         # The matching hot path: straight to the driver, no row objects.
         driver = await driver_connection(session)
         rows = await driver.fetch(
-            "SELECT b.block_key, p.id, p.customer_id, p.ciphertext, p.key_id FROM person_block b "
-            "JOIN person p ON p.id = b.person_id WHERE b.block_key = ANY($1::bytea[])",
+            "SELECT k.block_key, p.id, p.customer_id, p.ciphertext, p.key_id FROM unnest($1::bytea[]) AS k(block_key) "
+            "CROSS JOIN LATERAL (SELECT b.person_id FROM person_block b WHERE b.block_key = k.block_key LIMIT $2) AS b "
+            "JOIN person p ON p.id = b.person_id",
             list(set(block_keys)),
+            max_block + 1,
         )
-        return [(row[0], PersonRow(row[1], row[2], row[3], row[4])) for row in rows]
+        sizes = Counter(row[0] for row in rows)
+        return [(row[0], PersonRow(row[1], row[2], row[3], row[4])) for row in rows if sizes[row[0]] <= max_block]
 
     async def persons_of(self, session: AsyncSession, customer_id: str) -> list[PersonRow]:
         rows = await session.execute(

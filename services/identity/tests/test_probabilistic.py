@@ -150,3 +150,42 @@ async def test_u_estimated_by_one_worker_is_where_the_next_starts(
     duplicate = ids[0].replace("-org", "-dup-0")
     await other.resolve_batch([febrl_record(other.keys, file_b[duplicate])])
     assert other.model.u == kept[0]
+
+
+async def test_a_block_shared_by_more_persons_than_the_limit_is_not_searched(
+    database: Database, identity: IdentityService
+) -> None:
+    """Four "Ann Lee"s born in 1980, told apart by everything else: they share the name-sound and
+    birth-year blocks and no other. With at most 2 persons searched per block, the third is still
+    compared (its blocks hold 2), the fourth with no one (they hold 3); with the default limit, the
+    same store finds the fourth's namesakes."""
+
+    def reviewing(max_block_size: int) -> IdentityService:
+        every_pair_compared_is_a_candidate = Thresholds(auto_merge=1.0, review=1e-12)
+        return IdentityService(
+            database,
+            identity.outbox,
+            KeyMaker(keyring()),
+            thresholds=every_pair_compared_is_a_candidate,
+            max_block_size=max_block_size,
+        )
+
+    def others(rows: list[Any], customer_id: str) -> set[str]:
+        return {row.other_customer_id if row.customer_id == customer_id else row.customer_id for row in rows}
+
+    limited = reviewing(2)
+    k = limited.keys
+    customers = []
+    for number, (dob, postcode) in enumerate(
+        [("1980-01-02", "2000"), ("1980-05-06", "3000"), ("1980-07-08", "4000"), ("1980-09-10", "5000")]
+    ):
+        person = k.person(given_name="Ann", surname="Lee", date_of_birth=dob, postcode=postcode)
+        [result] = await limited.resolve_batch([Record([k.key("email", f"ann{number}@example.com")], person)])
+        customers.append(result.customer_id)
+
+    third, _ = await limited.find_candidates(customers[2], 0, 100)
+    assert others(third, customers[2]) & set(customers[:2])
+    fourth, _ = await limited.find_candidates(customers[3], 0, 100)
+    assert fourth == []
+    rescored, _ = await reviewing(50).find_candidates(customers[3], 0, 100)
+    assert others(rescored, customers[3]) == set(customers[:3])

@@ -383,21 +383,22 @@ class IdentityStore:
     async def persons_in_blocks(
         self, session: AsyncSession, block_keys: Sequence[bytes], max_block: int
     ) -> list[tuple[bytes, PersonRow]]:
-        """The stored persons of each block, leaving out blocks of more than `max_block` persons
-        (no more than `max_block` + 1 rows of one are read to find out)."""
+        """The stored persons of each block, leaving out blocks of more than `max_block` persons.
+        A block's size is counted in its index entries first, at most `max_block` + 1 of them, so
+        an oversized block costs a few index pages and none of its person rows."""
         if not block_keys:
             return []
         # The matching hot path: straight to the driver, no row objects.
         driver = await driver_connection(session)
         rows = await driver.fetch(
             "SELECT k.block_key, p.id, p.customer_id, p.ciphertext, p.key_id FROM unnest($1::bytea[]) AS k(block_key) "
-            "CROSS JOIN LATERAL (SELECT b.person_id FROM person_block b WHERE b.block_key = k.block_key LIMIT $2) AS b "
-            "JOIN person p ON p.id = b.person_id",
+            "JOIN person_block b ON b.block_key = k.block_key JOIN person p ON p.id = b.person_id "
+            "WHERE (SELECT count(*) FROM (SELECT FROM person_block s WHERE s.block_key = k.block_key LIMIT $2) AS s) "
+            "< $2",
             list(set(block_keys)),
             max_block + 1,
         )
-        sizes = Counter(row[0] for row in rows)
-        return [(row[0], PersonRow(row[1], row[2], row[3], row[4])) for row in rows if sizes[row[0]] <= max_block]
+        return [(row[0], PersonRow(row[1], row[2], row[3], row[4])) for row in rows]
 
     async def persons_of(self, session: AsyncSession, customer_id: str) -> list[PersonRow]:
         rows = await session.execute(

@@ -36,7 +36,17 @@ from tailor_cli.launcher import Platform
 from tailor_platform.channels import ChannelPool
 from tailor_platform.db import driver_url
 
-from bench.framework import SCRATCH_DIR, Benchmark, Context, Figure, Reporter, at_least, at_most, cpu_steal
+from bench.framework import (
+    SCRATCH_DIR,
+    Benchmark,
+    Context,
+    Figure,
+    Reporter,
+    at_least,
+    at_most,
+    cpu_steal,
+    frozen_heap,
+)
 
 SEED = 20261125
 WORKERS = {"TAILOR_IDENTITY_WORKERS": "2"}
@@ -253,9 +263,10 @@ async def measure_throughput(address: str, sizes: Sizes, report: Reporter) -> di
                     latencies.append(time.perf_counter() - began)
                     advance(1)
 
-            started = time.perf_counter()
-            await asyncio.gather(*(worker(identity_stub(pool.channel())) for _ in range(sizes.in_flight)))
-            elapsed = time.perf_counter() - started
+            with frozen_heap():
+                started = time.perf_counter()
+                await asyncio.gather(*(worker(identity_stub(pool.channel())) for _ in range(sizes.in_flight)))
+                elapsed = time.perf_counter() - started
     finally:
         await pool.close()
     latencies.sort()
@@ -277,10 +288,13 @@ async def measure_latency_at_rate(address: str, sizes: Sizes, report: Reporter) 
     pool = await spread_pool(address, sizes, batches[:WARMUP_BATCHES])
     loop = asyncio.get_running_loop()
     try:
-        with report.step(
-            f"latency: {len(batches)} ResolveBatch calls of {BATCH:,} at {TARGET_RECORDS_PER_S:,} records/s",
-            total=len(batches),
-        ) as advance:
+        with (
+            frozen_heap(),
+            report.step(
+                f"latency: {len(batches)} ResolveBatch calls of {BATCH:,} at {TARGET_RECORDS_PER_S:,} records/s",
+                total=len(batches),
+            ) as advance,
+        ):
             start = loop.time() + 0.1
 
             async def call(number: int, request: pb.ResolveBatchRequest) -> None:
@@ -376,7 +390,9 @@ BENCHMARK = Benchmark(
         "(20,000 records/s, the throughput target) whatever the answers, each latency counted from the call's "
         "scheduled start (a call the client sent late counts its wait). Before each timed phase the tables are "
         "vacuumed and analyzed and a checkpoint is made (the maintenance one phase's writes call for is not "
-        "counted against the next). 2 connections, one client process. "
+        "counted against the next). 2 connections, one client process, whose heap from before each timed "
+        "phase is frozen out of its garbage collector's sight (gc.freeze): full collections of the prepared "
+        "requests paused it for 60-80 ms, and calls it sent or read late counted that as the service's latency. "
         "The service runs 2 worker processes "
         "(TAILOR_IDENTITY_WORKERS=2) sharing its port; the client spreads its connections over them "
         "(ChannelPool.spread, as profile's identity client does), one per worker.",

@@ -1,10 +1,12 @@
-"""bench.framework.cpu_use: what the profile benchmark charges each process tree."""
+"""bench.framework: what the profile benchmark charges each process tree (cpu_use), and the frozen heap
+of a client timing calls from its own process (frozen_heap)."""
 
+import gc
 import subprocess
 import sys
 import time
 
-from bench.framework import cpu_use
+from bench.framework import cpu_use, frozen_heap
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
 PARENT = (
@@ -41,3 +43,11 @@ def test_clients_are_the_children_the_block_ran_to_completion() -> None:
         while time.process_time() < started + 0.1:
             pass
     assert used()["clients"] >= 0.35
+
+
+def test_a_frozen_heap_is_out_of_the_collectors_sight_only_inside_the_block() -> None:
+    prepared = [[index] for index in range(10_000)]  # container objects the collector tracks
+    with frozen_heap():
+        assert gc.get_freeze_count() >= len(prepared)
+        assert not any(gc.is_tracked(item) and item in gc.get_objects() for item in prepared[:3])
+    assert gc.get_freeze_count() == 0

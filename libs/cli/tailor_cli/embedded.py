@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pwd
 import shutil
 import socket
@@ -104,9 +105,17 @@ class EmbeddedPostgres:
             check=check,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            user=self.system_user or pwd.getpwuid(self.pgdata.stat().st_uid).pw_name,
+            user=self._server_user(),
             timeout=60,
         ).returncode
+
+    def _server_user(self) -> str | None:
+        """Who runs pg_ctl: the server's user (the data directory's owner before start() has
+        asked); None, ourselves, when that is who we are."""
+        if self.system_user:
+            return self.system_user
+        owner = self.pgdata.stat().st_uid
+        return None if owner == os.getuid() else pwd.getpwuid(owner).pw_name
 
     def is_running(self) -> bool:
         """Whether a server runs on this data directory (started by us or by an earlier launcher)."""

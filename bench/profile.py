@@ -351,7 +351,9 @@ BENCHMARK = Benchmark(
         Figure("profile.ingest.noop_events_per_s", "no-op IngestEvents servicer, same client", "/s"),
         Figure("profile.ingest.ratio_to_noop", "ingestion rate / no-op rate"),
         *(
-            Figure(f"profile.ingest.cpu_ms_per_batch.{name}", f"CPU per batch of 500 during ingestion: {label}", "ms")
+            Figure(
+                f"profile.ingest.cpu_ms_per_batch.{name}", f"CPU per batch of {BATCH} during ingestion: {label}", "ms"
+            )
             for name, label in (
                 ("profile", "profile (its workers summed)"),
                 ("identity", "identity (its workers summed)"),
@@ -359,7 +361,7 @@ BENCHMARK = Benchmark(
                 ("nats", "NATS"),
                 ("clients", "the load generator"),
                 ("machine", "the whole machine (all cores, everything)"),
-                ("at_target", "what 10,000 events/s leaves (every core)"),
+                ("at_target", f"what {TARGET_EVENTS_PER_S:,} events/s leaves (every core)"),
             )
         ),
         Figure("profile.ingest.machine_busy_pct", "the machine's cores busy during ingestion", "%"),

@@ -113,7 +113,7 @@ class AppliedMergeRow(Base):
 
     merge_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     # When the merge took effect (see record_merge); compared with the audit's written_at.
-    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class AliasRow(Base):

@@ -36,9 +36,9 @@ U_SAMPLE = 2000
 REFIT_GROWTH = 1.05
 DEFAULT_PERSON_CACHE_SIZE = 100_000
 EXACT_PERSON_COUNT = 10_000
+"""Person records are counted exactly up to this many, then estimated (see store.estimate_persons)."""
 DEFAULT_MAX_BLOCK_SIZE = 50
 """Blocks of more stored persons than this are not searched (see IdentityService.max_block_size)."""
-"""Person records are counted exactly up to this many, then estimated (see store.estimate_persons)."""
 PATTERN_SAVE_INTERVAL_S = 1.0
 RETRYABLE_SQLSTATES = {"40001", "40P01", "23505"}  # serialization failure, deadlock, unique violation
 

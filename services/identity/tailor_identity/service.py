@@ -699,8 +699,12 @@ class IdentityService:
         ]
         if not mine:
             return
-        blocks = await self.store.block_keys_of(session, customer_id)
-        others = await self.store.persons_in_blocks(session, blocks, self.max_block_size)
+        # The blocks are made from the records again rather than read: person_block has no index by
+        # person, and made afresh they include each block's token under old blind index keys
+        # while a rotation runs (other customers' records may still be stored under those).
+        blocks = {key for person in mine for key in self.keys.block_indexes(person)}
+        blocks.update(old for person in mine for old in self.keys.old_block_indexes(person))
+        others = await self.store.persons_in_blocks(session, list(blocks), self.max_block_size)
         best: dict[str, tuple[float, Pattern]] = {}
         for _, row in others:
             if row.customer_id == customer_id:

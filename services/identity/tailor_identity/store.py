@@ -407,16 +407,6 @@ class IdentityStore:
         )
         return [PersonRow(row.id, row.customer_id, bytes(row.ciphertext), row.key_id) for row in rows]
 
-    async def block_keys_of(self, session: AsyncSession, customer_id: str) -> list[bytes]:
-        rows = await session.scalars(
-            text(
-                "SELECT DISTINCT b.block_key FROM person_block b JOIN person p ON p.id = b.person_id "
-                "WHERE p.customer_id = :id"
-            ),
-            {"id": customer_id},
-        )
-        return [bytes(key) for key in rows]
-
     async def count_persons(self, session: AsyncSession, cap: int) -> int:
         result = await session.execute(
             text("SELECT count(*) FROM (SELECT 1 FROM person LIMIT :cap) AS capped"), {"cap": cap}

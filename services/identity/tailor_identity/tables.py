@@ -87,7 +87,8 @@ person_block = Table(
     "person_block",
     Base.metadata,
     Column("block_key", LargeBinary, primary_key=True),
-    Column("person_id", BigInteger, ForeignKey("person.id", ondelete="CASCADE"), primary_key=True),
+    # No foreign key: see migration 0006 (the check cost a person row lock per inserted block).
+    Column("person_id", BigInteger, primary_key=True),
 )
 
 merge_log = Table(

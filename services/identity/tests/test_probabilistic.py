@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tailor_identity.domain.crypto import Keyring
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.matching import Thresholds
 from tailor_identity.domain.model import Record
@@ -17,7 +18,7 @@ from tailor_identity.service import IdentityService
 from tailor_platform.db import Database
 from tailor_platform.errors import FailedPrecondition
 
-from .conftest import keyring
+from .conftest import BLIND_KEY, keyring
 
 
 def febrl4(part: str) -> dict[str, dict[str, str]]:
@@ -189,3 +190,27 @@ async def test_a_block_shared_by_more_persons_than_the_limit_is_not_searched(
     assert fourth == []
     rescored, _ = await reviewing(50).find_candidates(customers[3], 0, 100)
     assert others(rescored, customers[3]) == set(customers[:3])
+
+
+async def test_find_candidates_during_a_blind_index_rotation_searches_the_old_blocks_too(
+    database: Database, identity: IdentityService
+) -> None:
+    """A customer's blocks are searched under every blind index key: its record indexed under the
+    new key meets a namesake whose record is still indexed under the old one (ReKey has not
+    reached it)."""
+    every_pair_compared_is_a_candidate = Thresholds(auto_merge=1.0, review=1e-12)
+    before = IdentityService(
+        database, identity.outbox, KeyMaker(keyring()), thresholds=every_pair_compared_is_a_candidate
+    )
+    k = before.keys
+    ann = {"given_name": "Ann", "surname": "Lee", "date_of_birth": "1980-01-02", "postcode": "2000"}
+    [first] = await before.resolve_batch([Record([k.key("email", "ann@example.com")], k.person(**ann))])
+    [second] = await before.resolve_batch([Record([k.key("email", "lee@example.com")])])
+
+    rotating = KeyMaker(Keyring(keyring().keys, 1, bytes(range(3, 35)), 2, {1: BLIND_KEY}))
+    during = IdentityService(database, identity.outbox, rotating, thresholds=every_pair_compared_is_a_candidate)
+    # Known by its email, so not matched now; its record is stored under the new key's blocks.
+    [again] = await during.resolve_batch([Record([rotating.key("email", "lee@example.com")], rotating.person(**ann))])
+    assert again.customer_id == second.customer_id
+    candidates, _ = await during.find_candidates(second.customer_id, 0, 100)
+    assert {(row.customer_id, row.other_customer_id) for row in candidates} == {(second.customer_id, first.customer_id)}

@@ -372,10 +372,12 @@ class IdentityStore:
             block_keys.extend(new.block_keys)
             person_ids.extend([person_id] * len(new.block_keys))
         if block_keys:
+            # No ON CONFLICT (its extra index probe was a third of this insert's time): the persons
+            # were just inserted, and a person's block keys are distinct (matching.block_keys).
             await session.execute(
                 text(
                     "INSERT INTO person_block (block_key, person_id) "
-                    "SELECT * FROM unnest(CAST(:b AS bytea[]), CAST(:p AS bigint[])) ON CONFLICT DO NOTHING"
+                    "SELECT * FROM unnest(CAST(:b AS bytea[]), CAST(:p AS bigint[]))"
                 ),
                 {"b": block_keys, "p": person_ids},
             )

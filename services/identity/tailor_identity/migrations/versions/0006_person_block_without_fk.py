@@ -1,8 +1,8 @@
 """Person blocks without a foreign key to their person record.
 
 The check ran once per inserted block row (about eleven per person record, each a lookup and a row
-lock on the person just inserted) and was a third of the database time of storing a batch's person
-records. The service writes a person and its blocks in one transaction, and deletes a person's
+lock on the person just inserted): 440 block rows, a profile batch's worth, took 7.8 ms with it and
+4.2 ms without. The service writes a person and its blocks in one transaction, and deletes a person's
 blocks itself wherever it rewrites them (ReKey); no code deletes person rows, so the cascade it
 declared never ran.
 

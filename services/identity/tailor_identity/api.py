@@ -18,6 +18,7 @@ from tailor_platform.validation import Validator
 
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.model import Conflict, Key, Record
+from tailor_identity.domain.rekey import ReKeyCursor
 from tailor_identity.service import Graph, IdentityService, Resolution
 
 MAX_BATCH = 1000
@@ -165,13 +166,20 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         check = Validator()
         if request.limit < 0:
             check.fail("limit", "must not be negative")
+        cursor = None
+        if request.cursor:
+            try:
+                cursor = ReKeyCursor.parse(request.cursor)
+            except ValueError as error:
+                check.fail("cursor", str(error))
         check.done()
-        outcome = await self.service.rekey(request.limit or DEFAULT_REKEY_LIMIT)
+        outcome = await self.service.rekey(request.limit or DEFAULT_REKEY_LIMIT, cursor)
         return pb.ReKeyResponse(
             rekeyed=outcome.rekeyed,
             remaining=outcome.remaining,
             active_key_id=outcome.active_key_id,
             active_index_key_id=outcome.active_index_key_id,
+            cursor=outcome.cursor,
         )
 
     # -- validation ------------------------------------------------------------------------------

@@ -139,16 +139,23 @@ def rekey(
     done = 0
     with identity_stub(address) as stub, Progress(*columns, console=console) as progress:
         task = progress.add_task("rows", total=None)
+        cursor, done_this_pass = "", 0
         while True:
-            response = stub.ReKey(pb.ReKeyRequest(limit=batch), timeout=600)
+            response = stub.ReKey(pb.ReKeyRequest(limit=batch, cursor=cursor), timeout=600)
             done += response.rekeyed
+            done_this_pass += response.rekeyed
             progress.update(task, completed=done, total=done + response.remaining)
+            cursor = response.cursor
+            if cursor:
+                continue
+            # The pass has read every row, and `remaining` is now a count, not an estimate.
             if response.remaining == 0:
                 break
-            if response.rekeyed == 0:
-                # Every stale row is locked by another ReKey run (SKIP LOCKED): leave it to that run.
+            if done_this_pass == 0:
+                # A whole pass found every stale row locked by another ReKey run (SKIP LOCKED).
                 console.print(f"[yellow]{response.remaining:,} rows are being re-keyed by another run[/yellow]")
                 raise typer.Exit(1)
+            done_this_pass = 0  # rows written or held behind this pass: another pass picks them up
     console.print(
         f"{done:,} rows re-keyed: everything is under encryption key {response.active_key_id} "
         f"and blind index key {response.active_index_key_id}; the old keys can be removed."

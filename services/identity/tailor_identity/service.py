@@ -25,8 +25,17 @@ from tailor_identity.domain import matching
 from tailor_identity.domain.keys import PERSON_CONTEXT, KeyMaker
 from tailor_identity.domain.matching import MatchModel, Pattern, Thresholds
 from tailor_identity.domain.model import DEFAULT_LIMITS, Conflict, Key, Person, Record
+from tailor_identity.domain.rekey import TABLES, ReKeyCursor
 from tailor_identity.domain.resolution import Outcome, Planner
-from tailor_identity.store import IdentifierRow, IdentityStore, NewIdentifier, NewPerson, PersonRow, StaleRow
+from tailor_identity.store import (
+    IdentifierRow,
+    IdentityStore,
+    NewIdentifier,
+    NewPerson,
+    PersonRow,
+    RekeyedPerson,
+    StaleRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +89,8 @@ class ReKeyOutcome:
     remaining: int
     active_key_id: int
     active_index_key_id: int
+    cursor: str
+    """Where the next call of the run goes on; empty when the run has read every row."""
 
 
 def new_customer_id() -> str:
@@ -769,22 +780,29 @@ class IdentityService:
 
     # -- key rotation ----------------------------------------------------------------------------
 
-    async def rekey(self, limit: int) -> ReKeyOutcome:
+    async def rekey(self, limit: int, cursor: ReKeyCursor | None = None) -> ReKeyOutcome:
         """Re-encrypt and re-index up to `limit` rows still under an old encryption or blind index
-        key with the active keys."""
+        key with the active keys: the stale rows after `cursor` (None: from the start of a run)."""
         keyring = self.keys.keyring
         active = (keyring.active_id, keyring.blind_index_key_id)
         async with self.db.transaction() as session:
-            identifiers = await self.store.stale_rows(session, "identifier", *active, limit)
-            if identifiers:
-                await self.store.rewrite_identifiers(
-                    session, identifiers, *self._rekeyed_identifiers(identifiers), *active
-                )
-            persons = await self.store.stale_rows(session, "person", *active, limit - len(identifiers))
-            if persons:
-                await self.store.rewrite_persons(session, persons, self._rekeyed_persons(persons), *active)
+            remaining = cursor.remaining if cursor else await self.store.count_stale(session, *active)
+            first, after_id = (TABLES.index(cursor.table), cursor.after_id) if cursor else (0, 0)
+            rekeyed = 0
+            for table in TABLES[first:]:
+                rows = await self.store.stale_rows(session, table, *active, after_id, limit - rekeyed)
+                if table == "identifier" and rows:
+                    await self.store.rewrite_identifiers(session, rows, *self._rekeyed_identifiers(rows), *active)
+                elif rows:
+                    await self.store.rewrite_persons(session, rows, self._rekeyed_persons(rows), *active)
+                rekeyed += len(rows)
+                if rekeyed == limit:
+                    following = ReKeyCursor(table, rows[-1].id, max(0, remaining - rekeyed))
+                    return ReKeyOutcome(rekeyed, following.remaining, *active, cursor=str(following))
+                after_id = 0
+            # The run has read every row: count what is left (rows other runs or writers held).
             remaining = await self.store.count_stale(session, *active)
-        return ReKeyOutcome(len(identifiers) + len(persons), remaining, *active)
+        return ReKeyOutcome(rekeyed, remaining, *active, cursor="")
 
     def _rekeyed_identifiers(self, rows: Sequence[StaleRow]) -> tuple[list[bytes], list[bytes]]:
         """Ciphertexts and blind indexes under the active keys (the context is the identifier type)."""
@@ -796,16 +814,17 @@ class IdentityService:
             blind_indexes.append(self.keys.stored_key_index(row.context, value.decode()))
         return ciphertexts, blind_indexes
 
-    def _rekeyed_persons(self, rows: Sequence[StaleRow]) -> list[tuple[bytes, bytes, list[bytes]]]:
-        """(ciphertext, fingerprint, block keys) of each person record under the active keys."""
+    def _rekeyed_persons(self, rows: Sequence[StaleRow]) -> list[RekeyedPerson]:
+        keys = self.keys
+        active_index = keys.keyring.blind_index_key_id
         rekeyed = []
         for row in rows:
-            person = self.keys.decrypt_person(row.key_id, row.ciphertext)
+            person = keys.decrypt_person(row.key_id, row.ciphertext)
             rekeyed.append(
-                (
-                    self.keys.keyring.encrypt(self.keys.person_plaintext(person), PERSON_CONTEXT),
-                    self.keys.fingerprint(person),
-                    self.keys.block_indexes(person),
+                RekeyedPerson(
+                    keys.keyring.encrypt(keys.person_plaintext(person), PERSON_CONTEXT),
+                    keys.fingerprint(person),
+                    keys.block_indexes(person) if row.index_key_id != active_index else None,
                 )
             )
         return rekeyed

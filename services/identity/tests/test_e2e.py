@@ -130,6 +130,10 @@ def test_key_rotation_with_the_rekey_command(start_platform: Callable[..., Platf
     during = resolve()
     assert (during.customer_id, during.created) == (first.customer_id, False)
 
+    with grpc.insecure_channel(platform.address("identity")) as channel, pytest.raises(grpc.RpcError) as bad:
+        identity_pb2_grpc.IdentityServiceStub(channel).ReKey(pb.ReKeyRequest(cursor="person/1"), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cursor" in (bad.value.details() or "")
+
     result = CliRunner().invoke(identity_commands, ["rekey", "--address", platform.address("identity"), "--batch", "1"])
     assert result.exit_code == 0, result.output
     assert "2 rows re-keyed" in result.output  # the identifier and the person record

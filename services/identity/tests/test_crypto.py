@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from cryptography.exceptions import InvalidTag
 from tailor_identity.domain.crypto import Keyring, dev_key
+from tailor_platform.errors import FailedPrecondition
 
 
 def test_encryption_roundtrip_and_rotation() -> None:
@@ -14,7 +15,7 @@ def test_encryption_roundtrip_and_rotation() -> None:
     assert rotated.decrypt(1, sealed, b"email") == b"ann@example.com"
     with pytest.raises(InvalidTag):
         rotated.decrypt(1, sealed, b"phone")  # the context is authenticated
-    with pytest.raises(KeyError):
+    with pytest.raises(FailedPrecondition, match="under encryption key 1, which is not configured"):
         Keyring({2: dev_key("c")}, 2, dev_key("b")).decrypt(1, sealed)
 
 

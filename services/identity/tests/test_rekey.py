@@ -9,6 +9,7 @@ from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.rekey import ReKeyCursor
 from tailor_identity.service import IdentityService, ReKeyOutcome
 from tailor_platform.db import Database
+from tailor_platform.errors import FailedPrecondition
 
 from . import conftest
 from .conftest import keyring
@@ -111,3 +112,18 @@ async def test_a_new_blind_index_key_replaces_every_block(database: Database, id
         for block in rotating.block_indexes(rotating.person(**person))
     )
     assert await blocks(database) == expected
+
+
+async def test_an_old_key_dropped_too_early_is_named_and_nothing_is_rewritten(
+    database: Database, identity: IdentityService
+) -> None:
+    await store_people(identity)
+    only_new = KeyMaker(Keyring({2: conftest.TEST_KEYS[2]}, 2, conftest.BLIND_KEY))
+    rotated = IdentityService(database, identity.outbox, only_new)
+
+    with pytest.raises(FailedPrecondition, match="TAILOR_IDENTITY_OLD_ENCRYPTION_KEYS"):
+        await rotated.rekey(limit=10)
+
+    async with database.sessions() as session:
+        keys = await session.execute(text("SELECT key_id FROM identifier UNION ALL SELECT key_id FROM person"))
+        assert {row.key_id for row in keys} == {1}

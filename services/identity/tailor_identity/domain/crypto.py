@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from tailor_platform.errors import FailedPrecondition
 
 NONCE_BYTES = 12
 BLIND_INDEX_BYTES = 16
@@ -110,5 +111,9 @@ class Keyring:
         try:
             cipher = self._ciphers[key_id]
         except KeyError:
-            raise KeyError(f"no key with id {key_id} is configured; keep old keys until ReKey finished") from None
+            # An operator's mistake (an old key dropped before ReKey finished), not a server fault.
+            raise FailedPrecondition(
+                f"a stored value is under encryption key {key_id}, which is not configured: keep old keys in "
+                "TAILOR_IDENTITY_OLD_ENCRYPTION_KEYS until `tailor identity rekey` has finished"
+            ) from None
         return cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context or None)

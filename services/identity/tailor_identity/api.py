@@ -24,6 +24,8 @@ from tailor_identity.service import Graph, IdentityService, Resolution
 MAX_BATCH = 1000
 MAX_IDENTIFIERS = 50
 DEFAULT_REKEY_LIMIT = 10_000
+MAX_REKEY_LIMIT = 100_000
+"""Rows per ReKey call: one transaction holds them all, locked and in memory."""
 
 
 class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
@@ -164,8 +166,8 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     async def ReKey(self, request: pb.ReKeyRequest, context: Context) -> pb.ReKeyResponse:
         check = Validator()
-        if request.limit < 0:
-            check.fail("limit", "must not be negative")
+        if not 0 <= request.limit <= MAX_REKEY_LIMIT:
+            check.fail("limit", f"must be between 0 (the default, {DEFAULT_REKEY_LIMIT:,}) and {MAX_REKEY_LIMIT:,}")
         cursor = None
         if request.cursor:
             try:

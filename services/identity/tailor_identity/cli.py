@@ -130,7 +130,9 @@ def unmerge(
 @app.command()
 def rekey(
     address: Address = DEFAULT_ADDRESS,
-    batch: Annotated[int, typer.Option(help="Rows re-keyed per call (one transaction each).", min=1)] = 10_000,
+    batch: Annotated[
+        int, typer.Option(help="Rows re-keyed per call (one transaction each).", min=1, max=100_000)
+    ] = 10_000,
 ) -> None:
     """Re-encrypt and re-index every stored identifier and person record under the active
     encryption and blind index keys. Run it after configuring new keys (with the old ones kept as

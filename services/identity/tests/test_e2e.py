@@ -133,6 +133,9 @@ def test_key_rotation_with_the_rekey_command(start_platform: Callable[..., Platf
     with grpc.insecure_channel(platform.address("identity")) as channel, pytest.raises(grpc.RpcError) as bad:
         identity_pb2_grpc.IdentityServiceStub(channel).ReKey(pb.ReKeyRequest(cursor="person/1"), timeout=10)
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cursor" in (bad.value.details() or "")
+    with grpc.insecure_channel(platform.address("identity")) as channel, pytest.raises(grpc.RpcError) as too_many:
+        identity_pb2_grpc.IdentityServiceStub(channel).ReKey(pb.ReKeyRequest(limit=100_001), timeout=10)
+    assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit" in (too_many.value.details() or "")
 
     result = CliRunner().invoke(identity_commands, ["rekey", "--address", platform.address("identity"), "--batch", "1"])
     assert result.exit_code == 0, result.output

@@ -1,6 +1,6 @@
-"""When each audit entry was written, by the database's clock: a reversed merge tells what was
-written while the customers were one by this time, not by the time a record carries (an import may
-date a decision long before it arrived).
+"""When each audit entry was written, by the database's clock, and merges applied by the same
+clock: a reversed merge tells what was written while the customers were one by these times, not by
+the times the records carry (an import may date a decision long before it arrived).
 
 Revision ID: 0003
 Revises: 0002
@@ -24,7 +24,9 @@ def upgrade() -> None:
     # is not rewritten (the append-only trigger does not fire either way).
     op.add_column("consent_audit", sa.Column("written_at", sa.DateTime(timezone=True), nullable=True))
     op.alter_column("consent_audit", "written_at", server_default=sa.text("clock_timestamp()"))
+    op.alter_column("applied_merge", "applied_at", server_default=sa.text("clock_timestamp()"))
 
 
 def downgrade() -> None:
+    op.alter_column("applied_merge", "applied_at", server_default=None)
     op.drop_column("consent_audit", "written_at")

@@ -37,6 +37,7 @@ import grpc
 from tailor.identity.v1 import identity_pb2 as pb
 from tailor.identity.v1 import identity_pb2_grpc
 from tailor_cli.launcher import Platform
+from tailor_identity.cli import rekey_run
 from tailor_identity.domain.crypto import dev_key
 from tailor_platform.channels import ChannelPool
 from tailor_platform.db import driver_url
@@ -367,21 +368,16 @@ def measure_rekey(platform: Platform, report: Reporter) -> dict[str, float]:
     rows = 0
     with grpc.insecure_channel(platform.address("identity")) as channel:
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
-        cursor = ""
         with report.step(f"re-keying, {REKEY_BATCH:,} rows per call", total=None) as advance:
-            started = time.perf_counter()
-            while True:
-                began = time.perf_counter()
-                response = stub.ReKey(pb.ReKeyRequest(limit=REKEY_BATCH, cursor=cursor), timeout=600)
+            started = began = time.perf_counter()
+            for response in rekey_run(stub, REKEY_BATCH):
                 durations.append(time.perf_counter() - began)
                 rows += response.rekeyed
                 advance(response.rekeyed)
-                cursor = response.cursor
-                if not cursor and response.remaining == 0:
-                    break
-                if not cursor:
-                    raise RuntimeError(f"{response.remaining} rows were left under an old key")
+                began = time.perf_counter()
             elapsed = time.perf_counter() - started
+    if response.remaining:
+        raise RuntimeError(f"{response.remaining} rows were left under an old key")
     full = durations[:-1] or durations  # the run's last call re-keys what is left, and counts
     tenth = max(1, len(full) // 10)
     first, last = statistics.median(full[:tenth]), statistics.median(full[-tenth:])

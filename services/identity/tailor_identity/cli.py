@@ -141,27 +141,35 @@ def rekey(
     done = 0
     with identity_stub(address) as stub, Progress(*columns, console=console) as progress:
         task = progress.add_task("rows", total=None)
-        cursor, done_this_pass = "", 0
-        while True:
-            response = stub.ReKey(pb.ReKeyRequest(limit=batch, cursor=cursor), timeout=600)
+        for response in rekey_run(stub, batch):
             done += response.rekeyed
-            done_this_pass += response.rekeyed
             progress.update(task, completed=done, total=done + response.remaining)
-            cursor = response.cursor
-            if cursor:
-                continue
-            # The pass has read every row, and `remaining` is now a count, not an estimate.
-            if response.remaining == 0:
-                break
-            if done_this_pass == 0:
-                # A whole pass found every stale row locked by another ReKey run (SKIP LOCKED).
-                console.print(f"[yellow]{response.remaining:,} rows are being re-keyed by another run[/yellow]")
-                raise typer.Exit(1)
-            done_this_pass = 0  # rows written or held behind this pass: another pass picks them up
+    if response.remaining:
+        console.print(f"[yellow]{response.remaining:,} rows are being re-keyed by another run[/yellow]")
+        raise typer.Exit(1)
     console.print(
         f"{done:,} rows re-keyed: everything is under encryption key {response.active_key_id} "
         f"and blind index key {response.active_index_key_id}; the old keys can be removed."
     )
+
+
+def rekey_run(stub: Stub, batch: int) -> Iterator[pb.ReKeyResponse]:
+    """The ReKey calls of a whole run, each going on from the previous one's cursor. A pass that
+    ends with rows left (written under an old key behind it, or held by another run) is followed by
+    another, unless it re-keyed nothing: every row left is then held by another run. The last
+    response's `remaining` tells whether everything is under the active keys."""
+    cursor, done_this_pass = "", 0
+    while True:
+        response = stub.ReKey(pb.ReKeyRequest(limit=batch, cursor=cursor), timeout=600)
+        yield response
+        done_this_pass += response.rekeyed
+        cursor = response.cursor
+        if cursor:
+            continue
+        # The pass has read every row, and `remaining` is now a count, not an estimate.
+        if response.remaining == 0 or done_this_pass == 0:
+            return
+        done_this_pass = 0
 
 
 # -- views ------------------------------------------------------------------------------------------

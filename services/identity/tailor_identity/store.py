@@ -13,6 +13,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor_platform.db import driver_connection
 
+from tailor_identity.domain.rekey import TABLES
 from tailor_identity.tables import Base
 
 __all__ = ["Base", "IdentifierRow", "IdentityStore", "PersonRow", "RekeyedPerson", "StaleRow"]
@@ -502,7 +503,7 @@ class IdentityStore:
     ) -> list[StaleRow]:
         """Rows after `after_id` encrypted or indexed under a key other than the active ones, in id
         order, locked for re-keying (rows another run holds are skipped)."""
-        assert table in ("identifier", "person")
+        assert table in TABLES
         context, token = ("id_type", "blind_index") if table == "identifier" else ("customer_id", "fingerprint")
         rows = await session.execute(
             text(

@@ -16,7 +16,10 @@ from tailor.common.v1.common_pb2 import PageRequest
 from tailor_platform.errors import FieldViolation, InvalidArgument
 
 MAX_ID_LENGTH = 128
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]*$")
+# \Z, not $: $ also matches before a final newline, which would let "abc\n" through.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@\-]*\Z")
+MAX_SEQUENCE = 2**63 - 1
+"""Sequence keys are PostgreSQL bigints: a token beyond that was never one of ours."""
 
 
 class Validator:
@@ -61,8 +64,10 @@ class Validator:
             self.fail("page.page_size", f"must be between 1 and {max_size}")
         after = 0
         if page.page_token:
-            if page.page_token.isdigit():
-                after = int(page.page_token)
+            # ASCII digits only: str.isdigit also takes e.g. superscripts, which int() refuses.
+            token = page.page_token
+            if token.isascii() and token.isdigit() and int(token) <= MAX_SEQUENCE:
+                after = int(token)
             else:
                 self.fail("page.page_token", "is not a token this API returned")
         return size, after

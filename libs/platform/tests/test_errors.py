@@ -1,4 +1,5 @@
 from google.rpc import error_details_pb2
+from tailor.common.v1.common_pb2 import PageRequest
 from tailor_platform.errors import FieldViolation, InvalidArgument
 from tailor_platform.validation import Validator
 
@@ -33,4 +34,20 @@ def test_identifiers_refuse_whitespace_and_control_characters() -> None:
         assert not check.ok, bad
     check = Validator()
     check.identifier("id", "cust-42:web@shop.example_1")
+    assert check.ok
+
+
+def test_an_identifier_with_a_final_newline_is_refused() -> None:
+    check = Validator()
+    check.identifier("id", "abc\n")
+    assert [v.field for v in check.violations] == ["id"]
+
+
+def test_a_sequence_page_token_we_never_made_is_a_field_violation() -> None:
+    for bad in ("²", "12a", "-1", str(2**63)):
+        check = Validator()
+        check.sequence_page(PageRequest(page_token=bad))
+        assert [v.field for v in check.violations] == ["page.page_token"], bad
+    check = Validator()
+    assert check.sequence_page(PageRequest(page_size=10, page_token=str(2**63 - 1))) == (10, 2**63 - 1)
     assert check.ok

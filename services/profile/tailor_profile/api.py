@@ -21,7 +21,7 @@ from tailor_platform.validation import Validator
 
 from tailor_profile.clients import ConsentClient, ServiceUnavailable
 from tailor_profile.domain.traits import Traits
-from tailor_profile.intake import MAX_BATCH
+from tailor_profile.intake import MAX_BATCH, check_text
 from tailor_profile.service import ProfileService, ProfileView, Status
 from tailor_profile.store import AttributeValue
 
@@ -98,18 +98,26 @@ class ProfileApi(profile_pb2_grpc.ProfileServiceServicer):
             check.fail("attributes", "at least one attribute is required")
         now = datetime.now(UTC)
         values = []
+        named: set[str] = set()
         for position, update in enumerate(request.attributes):
             where = f"attributes[{position}]"
+            if update.name in named:
+                # One upsert statement cannot set the same row twice (PostgreSQL refuses it), and
+                # which of two values the caller meant is not ours to guess.
+                check.fail(f"{where}.name", f"{update.name[:64]!r} is named twice in this request")
+            named.add(update.name)
             if update.name not in ATTRIBUTES and not (
                 update.name.startswith(PREFERENCE_PREFIX) and len(update.name) > len(PREFERENCE_PREFIX)
             ):
                 check.fail(f"{where}.name", f"unknown attribute {update.name[:64]!r}; use preference.<key> for others")
-            check.max_length(f"{where}.name", update.name, 128)
-            check.max_length(f"{where}.value", update.value, 1000)
+            check_text(check, f"{where}.name", update.name, 128)
+            check_text(check, f"{where}.value", update.value, 1000)
             if check.required(f"{where}.source", update.source):
-                check.max_length(f"{where}.source", update.source, 200)
-            at = update.updated_at.ToDatetime(tzinfo=UTC) if update.HasField("updated_at") else now
-            if at > now:
+                check_text(check, f"{where}.source", update.source, 200)
+            at = _moment(check, f"{where}.updated_at", update.updated_at) if update.HasField("updated_at") else now
+            if at is None:
+                at = now  # reported above
+            elif at > now:
                 check.fail(f"{where}.updated_at", "lies in the future")
             values.append(AttributeValue(update.name, update.value, update.source, at))
         check.done()
@@ -127,21 +135,27 @@ class ProfileApi(profile_pb2_grpc.ProfileServiceServicer):
             before = _parse_token(request.page.page_token)
             if before is None:
                 check.fail("page.page_token", "is not a token this API returned")
-        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
-        until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None
+        for position, kind in enumerate(request.types):
+            check_text(check, f"types[{position}]", kind, 128)
+        since = _moment(check, "since", request.since) if request.HasField("since") else None
+        until = _moment(check, "until", request.until) if request.HasField("until") else None
         if since and until and since >= until:
             check.fail("until", "must be after since")
         check.done()
+        # One more than a page: a next page token only when there is a next page ("empty on the
+        # last page", also when the last page is exactly full).
         customer_id, stored = await self.service.timeline(
-            request.customer_id, types=list(request.types), since=since, until=until, before=before, limit=page_size
+            request.customer_id, types=list(request.types), since=since, until=until, before=before, limit=page_size + 1
         )
+        more = len(stored) > page_size
+        stored = stored[:page_size]
         events = [
             pb.TimelineEvent(
                 event=pb.Event.FromString(e.payload), customer_id=customer_id, received_at=timestamp(e.received_at)
             )
             for e in stored
         ]
-        token = _token(stored[-1].occurred_at, stored[-1].event_id) if len(stored) == page_size else ""
+        token = _token(stored[-1].occurred_at, stored[-1].event_id) if more else ""
         return pb.ListEventsResponse(events=events, page=PageResponse(next_page_token=token))
 
     async def GetCustomer360(self, request: pb.GetCustomer360Request, context: Context) -> pb.GetCustomer360Response:
@@ -189,10 +203,26 @@ def _token(occurred_at: datetime, event_id: str) -> str:
 
 def _parse_token(token: str) -> tuple[datetime, str] | None:
     micros, _, event_id = token.partition(":")
-    if not micros.isdigit() or not event_id:
+    # ASCII digits only (str.isdigit also takes e.g. superscripts, which int() refuses), a moment
+    # datetime can hold, and an id PostgreSQL can compare (no NUL): anything else is not a token
+    # we made, and must not become an internal error.
+    if not (micros.isascii() and micros.isdigit()) or not event_id or "\x00" in event_id:
         return None
-    moment = datetime.fromtimestamp(int(micros) // 1_000_000, UTC).replace(microsecond=int(micros) % 1_000_000)
+    try:
+        moment = datetime.fromtimestamp(int(micros) // 1_000_000, UTC).replace(microsecond=int(micros) % 1_000_000)
+    except (OverflowError, OSError, ValueError):
+        return None
     return moment, event_id
+
+
+def _moment(check: Validator, field: str, stamp: Timestamp) -> datetime | None:
+    """A request's timestamp as a datetime, or a violation of `field` when it is not a valid one
+    (seconds or nanos out of range)."""
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (OverflowError, OSError, ValueError):
+        check.fail(field, "is not a valid timestamp")
+        return None
 
 
 def _epoch(seconds: int | None) -> Timestamp | None:

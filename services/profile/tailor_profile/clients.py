@@ -15,6 +15,7 @@ import grpc
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
 from tailor.identity.v1 import identity_pb2, identity_pb2_grpc
 from tailor_platform.channels import ChannelPool
+from tailor_platform.errors import FieldViolation, InvalidArgument, field_violations
 
 from tailor_profile.domain.unmerges import IdentifierKey
 
@@ -79,9 +80,27 @@ class IdentityClient(_Client):
         return response
 
     async def customer_of(self, identifier: identity_pb2.Identifier) -> str | None:
-        """The customer an identifier belongs to, or None when identity does not know it."""
-        graph = await self._known_graph(identity_pb2.GetGraphRequest(identifier=identifier))
-        return (graph.merged_into or graph.customer_id or None) if graph is not None else None
+        """The customer an identifier belongs to, or None when identity does not know it (or
+        finds it malformed: it then belongs to no one)."""
+        try:
+            return await self.customer_by_identifier(identifier)
+        except InvalidArgument:
+            return None
+
+    async def customer_by_identifier(self, identifier: identity_pb2.Identifier) -> str | None:
+        """Like `customer_of`, for a caller's request: an identifier identity finds malformed (an
+        unknown type, an invalid email) is the caller's bad input, InvalidArgument naming the
+        field as identity did (identifier.type, identifier.value), not "no such customer"."""
+        try:
+            graph = await self.graph(identity_pb2.GetGraphRequest(identifier=identifier), self.timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                violations = field_violations(error) or [FieldViolation("identifier", str(error.details()))]
+                raise InvalidArgument(violations) from error
+            raise
+        return graph.merged_into or graph.customer_id or None
 
     async def owners(self, identifiers: Iterable[IdentifierKey]) -> dict[IdentifierKey, str]:
         """The customer that owns each identifier now; identifiers identity does not know are

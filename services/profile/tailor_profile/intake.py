@@ -22,6 +22,16 @@ MAX_BATCH = 1000
 MAX_FUTURE_S = 300
 """How far ahead of our clock an event's timestamp may be (clock skew of the sender)."""
 EARLIEST = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp())
+MAX_TYPE_LENGTH = 128
+"""The event table's type column."""
+MAX_QUANTITY = 100_000
+"""Per line item. With MAX_MONEY_MINOR it keeps every sum a trait holds (lifetime revenue, cart
+value and quantities: at most MAX_CART_ENTRIES lines) far inside the int64 / int32 fields of the
+API and the integers the stored state's JSON can hold: one absurd event must not make a customer's
+state unsavable (that would sink every later batch of that customer)."""
+MAX_MONEY_MINOR = 10**11
+"""Per amount, unit price and event total, in minor units of the base currency."""
+MAX_POINTS = 10**9
 
 PAYLOAD_OF_TYPE = {
     "page_view": "page_view",
@@ -93,10 +103,12 @@ class Intake:
         kind = event.type
         if not is_known_type(kind):
             check.fail("type", f"unknown event type {kind[:64]!r}; own types need the {CUSTOM_PREFIX!r} prefix")
+        else:
+            check_text(check, "type", kind, MAX_TYPE_LENGTH)
         check.one_of("channel", event.channel, CHANNELS)
         at = self._timestamp(check, event, now_s)
         _check_identifiers(check, event)
-        check.max_length("store_id", event.store_id, 128)
+        check_text(check, "store_id", event.store_id, 128)
         payload = event.WhichOneof("payload")
         expected = "custom" if kind.startswith(CUSTOM_PREFIX) else PAYLOAD_OF_TYPE.get(kind)
         if payload is not None and expected is not None and payload != expected:
@@ -131,22 +143,25 @@ class Intake:
             items = self._items(check, "purchase.items", purchase.items, purchase.currency)
             if not items and not amount:
                 check.fail("purchase.items", "a purchase needs line items or a total")
-            amount = amount or sum(i.amount for i in items)
+            amount = amount or _total(check, "purchase.items", items)
         elif payload == "product_return":
             refund = event.product_return
             amount = self._money(check, "product_return.amount_minor", refund.amount_minor, refund.currency)
             items = self._items(check, "product_return.items", refund.items, refund.currency)
-            amount = amount or sum(i.amount for i in items)
+            amount = amount or _total(check, "product_return.items", items)
         elif payload == "cart_change":
             items = self._items(check, "cart_change.item", [event.cart_change.item], "")
         elif payload == "product_view":
             view = event.product_view
             self._money(check, "product_view.price_minor", view.price_minor, view.currency)
             category = view.category[:128]
+            check_text(check, "product_view.category", category, 128)
         elif payload == "loyalty":
             points = event.loyalty.points
             if points <= 0:
                 check.fail("loyalty.points", "must be positive")
+            elif points > MAX_POINTS:
+                check.fail("loyalty.points", f"must be at most {MAX_POINTS}")
         elif payload == "support_ticket":
             ticket = event.support_ticket.ticket_id
             check.identifier("support_ticket.ticket_id", ticket)
@@ -171,9 +186,12 @@ class Intake:
         for position, item in enumerate(items):
             where = f"{field}[{position}]" if field.endswith("items") else field
             check.required(f"{where}.sku", item.sku)
-            check.max_length(f"{where}.sku", item.sku, 128)
+            check_text(check, f"{where}.sku", item.sku, 128)
+            check_text(check, f"{where}.category", item.category[:128], 128)
             if item.quantity <= 0:
                 check.fail(f"{where}.quantity", "must be positive")
+            elif item.quantity > MAX_QUANTITY:
+                check.fail(f"{where}.quantity", f"must be at most {MAX_QUANTITY}")
             price = self._money(check, f"{where}.unit_price_minor", item.unit_price_minor, item.currency or currency)
             converted.append(Item(item.sku, item.category[:128], item.quantity, price))
         return tuple(converted)
@@ -186,7 +204,27 @@ class Intake:
         if rate is None:
             check.fail(field.rsplit(".", 1)[0] + ".currency", f"unknown currency {currency[:8]!r}")
             return 0
-        return round(amount * rate)
+        converted = round(amount * rate)
+        if converted > MAX_MONEY_MINOR:
+            check.fail(field, f"must be at most {MAX_MONEY_MINOR} minor units of {self.base_currency}")
+            return 0
+        return converted
+
+
+def _total(check: Validator, field: str, items: Sequence[Item]) -> int:
+    """The sum of the line items, when the event gave no total (bounded like one)."""
+    total = sum(i.amount for i in items)
+    if total > MAX_MONEY_MINOR:
+        check.fail(field, f"add up to more than {MAX_MONEY_MINOR} minor units")
+    return total
+
+
+def check_text(check: Validator, field: str, value: str, limit: int) -> None:
+    """Bounded text without NUL characters: PostgreSQL text and JSONB cannot hold U+0000, so such
+    an event would fail the whole batch's transaction when it is stored."""
+    check.max_length(field, value, limit)
+    if "\x00" in value:
+        check.fail(field, "must not contain NUL characters")
 
 
 def _check_identifiers(check: Validator, event: pb.Event) -> None:

@@ -458,7 +458,7 @@ class ProfileService:
         return ProfileView(customer_id, state, traits, attributes, now)
 
     async def customer_by_identifier(self, identifier: Identifier) -> str | None:
-        return await self.identity.customer_of(identifier)
+        return await self.identity.customer_by_identifier(identifier)
 
     async def timeline(self, customer_id: str, **filters: Any) -> tuple[str, list[StoredEvent]]:
         async with self.db.sessions() as session:

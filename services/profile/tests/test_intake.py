@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from tailor.profile.v1 import profile_pb2 as pb
-from tailor_profile.intake import MAX_FUTURE_S, identity_records
+from tailor_profile.intake import MAX_FUTURE_S, MAX_MONEY_MINOR, MAX_POINTS, identity_records
 from tailor_profile.testing import INTAKE, item, make_event, purchase
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -79,4 +79,29 @@ def test_identifiers_map_to_identity_types() -> None:
         ("loyalty_id", "L1", ""),
         ("pos_customer_id", "P1", ""),
         ("external", "9", "shop"),
+    ]
+
+
+def test_amounts_up_to_the_bounds_pass_and_beyond_them_are_rejected_with_the_field() -> None:
+    """The bounds keep every trait sum inside int64 (and cart quantities inside int32)."""
+    most = make_event(
+        "order_completed", NOW, email="a@example.com", purchase=purchase(item(quantity=1, price=MAX_MONEY_MINOR))
+    )
+    bulk = make_event("add_to_cart", NOW, email="a@example.com", cart_change=pb.CartChange(item=item(quantity=100_000)))
+    points = make_event("loyalty_earned", NOW, email="a@example.com", loyalty=pb.LoyaltyPoints(points=MAX_POINTS))
+    dear = make_event("order_completed", NOW, email="a@example.com", purchase=purchase(item(price=MAX_MONEY_MINOR + 1)))
+    lines = make_event(
+        "order_completed", NOW, email="a@example.com", purchase=purchase(item(quantity=2, price=MAX_MONEY_MINOR))
+    )
+    total = make_event("order_completed", NOW, email="a@example.com", purchase=purchase(total=MAX_MONEY_MINOR + 1))
+    returned = make_event(
+        "return", NOW, email="a@example.com", product_return=pb.Return(items=[item(quantity=3, price=MAX_MONEY_MINOR)])
+    )
+    accepted, rejected = check(most, bulk, points, dear, lines, total, returned)
+    assert accepted == [most.id, bulk.id, points.id]
+    assert [field for field, _ in rejected] == [
+        "purchase.items[0].unit_price_minor",
+        "purchase.items",
+        "purchase.total_minor",
+        "product_return.items",
     ]

@@ -18,6 +18,7 @@ import nats
 import pytest
 import typer
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import DeliverPolicy
 from tailor.common.v1.common_pb2 import PageRequest
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
@@ -547,3 +548,160 @@ def test_while_identity_is_down_events_are_kept_and_land_when_it_returns(platfor
 
     wait_until(landed, timeout_s=30)
     assert ingest(stub, events).duplicates == 3
+
+
+# -- hardening: bad input is a per-event rejection or INVALID_ARGUMENT naming the field, never INTERNAL
+
+
+def _violations(call: Callable[[], object]) -> list[str]:
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+    return [v.field for v in field_violations(error.value)]
+
+
+def test_an_event_the_store_cannot_hold_is_rejected_alone_and_the_rest_of_the_batch_is_kept(stub: Stub) -> None:
+    who = email()
+    good = make_event("page_view", ago(hours=1), email=who)
+    long_type = make_event("custom." + "x" * 200, ago(hours=1), email=who, custom=pb.CustomEvent())
+    nul_sku = make_event("add_to_cart", ago(hours=1), email=who, cart_change=pb.CartChange(item=item(sku="a\x00b")))
+    nul_store = make_event("store_visit", ago(hours=1), email=who, channel="pos", store_id="s\x001")
+    nul_ticket = make_event(
+        "support_ticket_opened", ago(hours=1), email=who, support_ticket=pb.SupportTicket(ticket_id="t1")
+    )
+    nul_ticket.support_ticket.ticket_id = "t\x001"
+    nul_category = make_event(
+        "product_view", ago(hours=1), email=who, product_view=pb.ProductView(sku="s", category="sh\x00oes")
+    )
+    # Amounts beyond what the int64 traits (and the state's JSON) can hold once summed.
+    huge_order = make_event("order_completed", ago(hours=1), email=who, purchase=purchase(item(price=2**62)))
+    huge_lines = make_event(
+        "pos_purchase", ago(hours=1), email=who, channel="pos", purchase=purchase(item(quantity=2**30, price=2**40))
+    )
+    huge_points = [
+        make_event("loyalty_earned", ago(hours=1), email=who, loyalty=pb.LoyaltyPoints(points=2**62)) for _ in range(2)
+    ]
+    huge_cart = [
+        make_event("add_to_cart", ago(hours=1), email=who, cart_change=pb.CartChange(item=item(quantity=2**31 - 1)))
+        for _ in range(2)
+    ]
+    response = ingest(
+        stub, [good, long_type, nul_sku, nul_store, nul_ticket, nul_category, huge_order, huge_lines, *huge_points]
+    )
+    assert [r.status for r in response.results] == [pb.EVENT_STATUS_ACCEPTED] + [pb.EVENT_STATUS_REJECTED] * 9
+    assert [r.field for r in response.results[1:]] == [
+        "type",
+        "cart_change.item.sku",
+        "store_id",
+        "support_ticket.ticket_id",
+        "product_view.category",
+        "purchase.items[0].unit_price_minor",
+        "purchase.items[0].quantity",
+        "loyalty.points",
+        "loyalty.points",
+    ]
+    assert [r.field for r in ingest(stub, huge_cart).results] == ["cart_change.item.quantity"] * 2
+    assert by_email(stub, who).traits.events == 1
+
+
+def test_list_events_answers_a_malformed_page_token_or_time_with_the_field(stub: Stub) -> None:
+    customer = ingest(stub, [make_event("page_view", ago(hours=1), email=email())]).results[0].customer_id
+
+    def listing(**fields: Any) -> Callable[[], object]:
+        return lambda: stub.ListEvents(pb.ListEventsRequest(customer_id=customer, **fields))
+
+    for token in ("99999999999999999999999:ev-1", "\u00b2:ev-1", "1:", "1:ev\x001"):
+        assert _violations(listing(page=PageRequest(page_token=token))) == ["page.page_token"], token
+    assert _violations(listing(since=Timestamp(seconds=10**12))) == ["since"]
+    assert _violations(listing(until=Timestamp(nanos=-1))) == ["until"]
+    assert _violations(listing(types=["page_view", "page\x00view"])) == ["types[1]"]
+
+
+def test_list_events_gives_no_page_token_on_the_last_page(stub: Stub) -> None:
+    """PageResponse: "Empty on the last page", also when the last page is exactly full."""
+    who = email()
+    views = [make_event("page_view", ago(days=day), email=who) for day in range(1, 5)]
+    customer = ingest(stub, views).results[0].customer_id
+    first = stub.ListEvents(pb.ListEventsRequest(customer_id=customer, page=PageRequest(page_size=2)))
+    assert [e.event.id for e in first.events] == [views[0].id, views[1].id]
+    assert first.page.next_page_token
+    last = stub.ListEvents(
+        pb.ListEventsRequest(customer_id=customer, page=PageRequest(page_size=2, page_token=first.page.next_page_token))
+    )
+    assert [e.event.id for e in last.events] == [views[2].id, views[3].id]
+    assert last.page.next_page_token == ""
+
+
+def test_update_attributes_answers_a_bad_time_or_text_with_the_field(stub: Stub) -> None:
+    customer = ingest(stub, [make_event("page_view", ago(hours=1), email=email())]).results[0].customer_id
+
+    def update(attribute: pb.AttributeUpdate) -> Callable[[], object]:
+        return lambda: stub.UpdateAttributes(pb.UpdateAttributesRequest(customer_id=customer, attributes=[attribute]))
+
+    broken_time = pb.AttributeUpdate(name="city", value="Lyon", source="web")
+    broken_time.updated_at.seconds = 10**12
+    assert _violations(update(broken_time)) == ["attributes[0].updated_at"]
+    assert _violations(update(pb.AttributeUpdate(name="city", value="Ly\x00on", source="web"))) == [
+        "attributes[0].value"
+    ]
+    assert _violations(update(pb.AttributeUpdate(name="city", value="Lyon", source="w\x00eb"))) == [
+        "attributes[0].source"
+    ]
+    assert _violations(update(pb.AttributeUpdate(name="preference.s\x00ze", value="M", source="web"))) == [
+        "attributes[0].name"
+    ]
+    profile = stub.GetProfile(pb.GetProfileRequest(customer_id=customer))
+    assert list(profile.attributes) == []
+
+
+def test_get_profile_by_a_malformed_identifier_is_invalid_argument_naming_the_field(stub: Stub) -> None:
+    def lookup(kind: str, value: str) -> Callable[[], object]:
+        identifier = identity_pb2.Identifier(type=kind, value=value)
+        return lambda: stub.GetProfile(pb.GetProfileRequest(identifier=identifier))
+
+    assert _violations(lookup("shoe_size", "42")) == ["identifier.type"]
+    assert _violations(lookup("email", "not an address")) == ["identifier.value"]
+    with pytest.raises(grpc.RpcError) as error:  # well formed, but nobody has it
+        lookup("email", email())()
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_update_attributes_naming_one_attribute_twice_is_invalid_argument(stub: Stub) -> None:
+    customer = ingest(stub, [make_event("page_view", ago(hours=1), email=email())]).results[0].customer_id
+    twice = [
+        pb.AttributeUpdate(name="city", value="Lyon", source="web"),
+        pb.AttributeUpdate(name="locale", value="fr-FR", source="web"),
+        pb.AttributeUpdate(name="city", value="Paris", source="crm"),
+    ]
+    call = lambda: stub.UpdateAttributes(pb.UpdateAttributesRequest(customer_id=customer, attributes=twice))  # noqa: E731
+    assert _violations(call) == ["attributes[2].name"]
+
+
+async def test_a_bad_event_in_a_bus_batch_does_not_hold_back_the_rest(platform: Platform, stub: Stub) -> None:
+    """Over `tailor.ingest.events` an event that failed the batch's transaction would have the
+    whole message retried and dead-lettered, good events included."""
+    who = email()
+    good = make_event("store_visit", ago(hours=3), email=who, channel="pos")
+    absurd = make_event("pos_purchase", ago(hours=3), email=who, channel="pos", purchase=purchase(item(price=2**40)))
+    absurd.purchase.items[0].quantity = 2**30
+    batch = IngestBatch(source="adapter:test", events=[good, absurd])
+    assert platform.nats_url is not None
+    connection = await nats.connect(platform.nats_url)
+    try:
+        envelope = new_envelope("ingest.events", "adapter:test", batch)
+        await connection.jetstream().publish(
+            "tailor.ingest.events", envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id}
+        )
+    finally:
+        await connection.close()
+
+    def landed() -> bool:
+        try:
+            return bool(by_email(stub, who).traits.events == 1)
+        except grpc.RpcError:
+            return False
+
+    await asyncio.to_thread(wait_until, landed, 10.0)
+    assert stub.ListEvents(pb.ListEventsRequest(customer_id=by_email(stub, who).customer_id)).events[0].event.id == (
+        good.id
+    )

@@ -267,3 +267,60 @@ def test_the_cart_keeps_its_newest_changes_only_up_to_a_bound() -> None:
     for number in range(MAX_CART_ENTRIES + 10):
         apply(state, event("add_to_cart", 1 - number / 10_000, number, items=(Item("a", "x", 1, 1),)), SETTINGS)
     assert len(state.cart) == MAX_CART_ENTRIES
+
+
+# -- sequential semantics, against a naive in-order model (replay shares `apply`, so comparing with
+# -- it alone cannot catch a rule that is order-independent but not what happened in order)
+
+
+def cart_change(kind: str, days_ago: float, sku: str, quantity: int, price: int = 100, number: int = 0) -> EventFacts:
+    return event(kind, days_ago, number, items=(Item(sku, "bags", quantity, price if kind == "add_to_cart" else 0),))
+
+
+def test_removing_what_is_not_in_the_cart_does_not_hide_what_is_added_later() -> None:
+    removed_first = [cart_change("remove_from_cart", 3, "a", 2), cart_change("add_to_cart", 2, "a", 1)]
+    for events in (removed_first, removed_first[::-1]):  # and the removal arriving late
+        state = TraitState()
+        for fact in events:
+            apply(state, fact, SETTINGS)
+        assert [(line.sku, line.quantity) for line in evaluate(state, NOW, SETTINGS).cart] == [("a", 1)]
+    again = traits_of(
+        cart_change("add_to_cart", 5, "a", 2),
+        cart_change("remove_from_cart", 4, "a", 5),  # more than is in the cart: empties it
+        cart_change("add_to_cart", 3, "a", 1, number=1),
+    )
+    assert again["open_cart_items"] == [{"sku": "a", "category": "bags", "quantity": 1, "unit_price_minor": 100}]
+    assert again["open_cart_value_minor"] == 100
+
+
+def naive_cart(events: list[EventFacts]) -> dict[str, int]:
+    """The open cart as a shopper sees it: events in time order (at one moment adds, then removes,
+    then the order), quantities never below zero, an online order empties the cart."""
+    rank = {"add_to_cart": 0, "remove_from_cart": 1, "order_completed": 2}
+    cart: dict[str, int] = {}
+    for fact in sorted((e for e in events if e.type in rank), key=lambda e: (e.at, rank[e.type])):
+        if fact.type == "order_completed":
+            cart.clear()
+            continue
+        item = fact.items[0]
+        change = item.quantity if fact.type == "add_to_cart" else -item.quantity
+        cart[item.sku] = max(0, cart.get(item.sku, 0) + change)
+    return {sku: quantity for sku, quantity in cart.items() if quantity}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_open_cart_is_that_of_the_events_in_time_order(seed: int) -> None:
+    rng = random.Random(seed)
+    timeline = []
+    for number in range(rng.randint(1, 40)):
+        kind = rng.choice(("add_to_cart", "remove_from_cart", "remove_from_cart", "order_completed"))
+        days_ago = rng.randint(0, 6) / 2  # coarse times: many events at the same moment
+        if kind == "order_completed":
+            timeline.append(replace(order(days_ago, 100), event_id=f"o{number}"))
+        else:
+            timeline.append(cart_change(kind, days_ago, f"sku-{rng.randint(1, 3)}", rng.randint(1, 3), number=number))
+    rng.shuffle(timeline)
+    state = TraitState()
+    for fact in timeline:
+        apply(state, fact, SETTINGS)
+    assert {line.sku: line.quantity for line in evaluate(state, NOW, SETTINGS).cart} == naive_cart(timeline)

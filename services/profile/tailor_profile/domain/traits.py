@@ -523,11 +523,20 @@ def _favourite(counts: dict[str, int]) -> str:
     return min(counts.items(), key=lambda pair: (-pair[1], pair[0]))[0]
 
 
+def _cart_order(entry: tuple[int, str, int, int, str]) -> tuple[int, int, str, int, str]:
+    """Time order; at one moment additions before removals (then any fixed order)."""
+    at, sku, delta, price, category = entry
+    return at, -delta, sku, price, category
+
+
 def _open_cart(state: TraitState) -> tuple[list[CartLine], int, int | None]:
     quantities: dict[str, int] = {}
     latest_add: dict[str, tuple[int, int, str]] = {}
-    for at, sku, delta, price, category in state.cart:
-        quantities[sku] = quantities.get(sku, 0) + delta
+    # In time order, and never below zero: removing what is not in the cart (added before we saw
+    # the customer, or on a cart we never heard of) removes nothing, so a later addition counts
+    # in full. A plain sum of the changes would let that removal hide the later addition.
+    for at, sku, delta, price, category in sorted(state.cart, key=_cart_order):
+        quantities[sku] = max(0, quantities.get(sku, 0) + delta)
         if delta > 0 and (sku not in latest_add or (at, price, category) > latest_add[sku]):
             latest_add[sku] = (at, price, category)
     lines = [

@@ -77,7 +77,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         result = await self.service.link(request.customer_id, keys, request.evidence or "link")
         return pb.LinkResponse(
             customer_id=result.customer_id,
-            linked=len(keys) - len(result.conflicts),
+            linked=result.linked,
             merged_ids=result.merged_ids,
             conflicts=[to_conflict(c) for c in result.conflicts],
         )

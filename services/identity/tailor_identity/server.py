@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+import phonenumbers
+from pydantic import Field, field_validator
 from tailor.identity.v1 import identity_pb2, identity_pb2_grpc
 from tailor_platform.config import ServiceSettings
 from tailor_platform.service import Components, Runtime, ServiceSpec
@@ -24,7 +25,7 @@ from tailor_identity.api import IdentityApi
 from tailor_identity.domain.crypto import Keyring, decode_key, dev_key
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.matching import Thresholds
-from tailor_identity.domain.model import DEFAULT_LIMITS
+from tailor_identity.domain.model import DEFAULT_LIMITS, ID_TYPES
 from tailor_identity.domain.normalize import EmailRules
 from tailor_identity.service import DEFAULT_MAX_BLOCK_SIZE, DEFAULT_PERSON_CACHE_SIZE, IdentityService
 
@@ -52,6 +53,28 @@ class IdentitySettings(ServiceSettings):
     identity_person_cache_size: int = Field(default=DEFAULT_PERSON_CACHE_SIZE, ge=0)
     # Blocks of more stored persons than this are not searched by probabilistic matching.
     identity_max_block_size: int = Field(default=DEFAULT_MAX_BLOCK_SIZE, ge=1)
+
+    @field_validator("identity_phone_region")
+    @classmethod
+    def _a_known_region(cls, region: str) -> str:
+        """phonenumbers knows regions by upper-case code only: with "us" (or "USA"), every phone
+        number written without its country code was refused as unparseable."""
+        code = region.strip().upper()
+        if code not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError("must be an ISO 3166 two-letter region code that phonenumbers supports, e.g. US")
+        return code
+
+    @field_validator("identity_limits")
+    @classmethod
+    def _limits_over_the_defaults(cls, limits: dict[str, int]) -> dict[str, int]:
+        """Limits given override the defaults type by type: '{"email": 5}' must not silently lift
+        the one-loyalty-id limit, and a misspelt type must not silently lift none."""
+        unknown = sorted(set(limits) - ID_TYPES)
+        if unknown:
+            raise ValueError(f"unknown identifier type(s) {unknown}; expected some of: {', '.join(sorted(ID_TYPES))}")
+        if any(limit < 0 for limit in limits.values()):
+            raise ValueError("a limit must be at least 0")
+        return {**DEFAULT_LIMITS, **limits}
 
     def keyring(self) -> Keyring:
         if self.identity_encryption_key and self.identity_blind_index_key:

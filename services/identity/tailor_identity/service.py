@@ -64,6 +64,8 @@ class Resolution:
     merged_ids: list[str] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     probability: float = 0.0
+    linked: int = 0
+    """Link only: how many of the identifiers were newly attached to the customer."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,14 @@ class IdentityService:
         owner_of = owners.get
         for index, keys in enumerate(groups):
             found = {owner_of(key.blind_index) for key in keys}
-            if len(found) == 1 and None not in found and not (index < len(adds_person) and adds_person[index]):
+            if (
+                len(found) == 1
+                and None not in found
+                and not (index < len(adds_person) and adds_person[index])
+                # A Link (also_lock) merges the keys' customer in unless it is the linked one: that
+                # customer changes, and its counts are what the limits and the device rule check.
+                and (not also_lock or found <= changing)
+            ):
                 continue  # the common case: every key already belongs to the same customer, nothing changes
             changing.update(customer for customer in found if customer is not None)
         involved = sorted(changing)
@@ -292,13 +301,17 @@ class IdentityService:
         reported: set[str] = set()
         for outcome in outcomes:
             customer, new = planner.final(outcome)
+            # "batch": another record of the batch decided it; it made the customer this one made
+            # first, or it joined the customer this one made to a customer that existed ("new"
+            # next to created=False would say both).
+            by_batch = customer in reported if new else outcome.matched_by == "new"
             results.append(
                 Resolution(
                     customer_id=customer,
                     created=new and customer not in reported,
-                    matched_by=outcome.matched_by if not (new and customer in reported) else "batch",
+                    matched_by="batch" if by_batch else outcome.matched_by,
                     merged_ids=outcome.merged_ids,
-                    conflicts=[_final_conflict(planner, c) for c in outcome.conflicts],
+                    conflicts=_final_conflicts(planner, outcome.conflicts),
                     probability=outcome.probability,
                 )
             )
@@ -335,14 +348,8 @@ class IdentityService:
         await self.store.add_conflicts(
             session,
             [
-                (
-                    planner.find(c.customer_id),
-                    planner.find(c.other_customer_id) if c.other_customer_id else "",
-                    c.id_type,
-                    c.blind_index,
-                    c.reason,
-                )
-                for c in planner.conflicts
+                (c.customer_id, c.other_customer_id, c.id_type, c.blind_index, c.reason)
+                for c in _final_conflicts(planner, planner.conflicts)
             ],
         )
         await self.outbox.add_many(session, envelopes)
@@ -363,7 +370,8 @@ class IdentityService:
             evidence=evidence,
             snapshot=snapshot,
         )
-        log.info("merged %d customer(s) into %s (%s)", len(absorbed), survivor, evidence)
+        # Not the evidence: an operator's reason is free text, and may well quote an email address.
+        log.info("merged %d customer(s) into %s (merge %s)", len(absorbed), survivor, merge_id)
         return merge_id, events.merged(survivor, absorbed, evidence, merge_id)
 
     async def _write_persons(
@@ -576,9 +584,17 @@ class IdentityService:
         async def work(session: AsyncSession) -> Resolution:
             planner = await self._planner(session, [keys], also_lock=[customer_id])
             await self._require_active(session, customer_id)
+            before = {key.blind_index: planner.owners.get(key.blind_index) for key in keys}
             outcome = planner.link(customer_id, list(keys))
             await self._write(session, planner, source="link", evidence=evidence[:200])
-            return Resolution(customer_id, False, "link", outcome.merged_ids, outcome.conflicts)
+            # Newly the customer's: keys it did not hold, attached or brought by a customer merged
+            # in (not those it held already, repeated ones, or those a refused merge left elsewhere).
+            linked = sum(
+                1
+                for token, owner in before.items()
+                if owner != customer_id and planner.find(planner.owners.get(token, "")) == customer_id
+            )
+            return Resolution(customer_id, False, "link", outcome.merged_ids, outcome.conflicts, linked=linked)
 
         result: Resolution = await self._with_retries(work)
         return result
@@ -599,6 +615,11 @@ class IdentityService:
         self, session: AsyncSession, survivor_id: str, absorbed_ids: Sequence[str], reason: str
     ) -> str:
         """A merge an operator (or an accepted review candidate) asked for; the rules still apply."""
+        if survivor_id in absorbed_ids:
+            # Would mark the survivor merged into itself: every key it holds would then belong to
+            # a customer no resolve can use (each attempt sees it merged and retries).
+            raise FailedPrecondition(f"cannot merge customer {survivor_id} into itself")
+        absorbed_ids = list(dict.fromkeys(absorbed_ids))  # a repeat would leave an empty snapshot
         everyone = [survivor_id, *absorbed_ids]
         statuses = await self.store.lock_customers(session, everyone)
         for customer in everyone:
@@ -629,10 +650,7 @@ class IdentityService:
             if entry.reverted_by:
                 raise FailedPrecondition(f"merge {merge_id} was already reversed by {entry.reverted_by}")
             restored = list(entry.absorbed_ids)
-            await self.store.lock_customers(session, [customer_id, *restored])
-            for absorbed in restored:
-                moved = entry.snapshot[absorbed]
-                await self.store.move_rows(session, absorbed, moved["identifiers"], moved["persons"])
+            moved = await self._give_back(session, entry, customer_id)
             await self.store.set_status(session, restored, "active", None)
             unmerge_id = str(uuid.uuid4())
             await self.store.add_log(
@@ -643,7 +661,7 @@ class IdentityService:
                 absorbed_ids=restored,
                 reason=reason,
                 evidence=f"reverses {merge_id}",
-                snapshot=dict(entry.snapshot),
+                snapshot=moved,
                 reverts=merge_id,
             )
             await self.outbox.add_many(session, [events.unmerged(customer_id, restored, merge_id, unmerge_id)])
@@ -651,6 +669,29 @@ class IdentityService:
 
         result: tuple[str, list[str]] = await self._with_retries(work)
         return result
+
+    async def _give_back(self, session: AsyncSession, entry: Any, survivor: str) -> dict[str, Any]:
+        """Move what a merge moved back to its absorbed customers; what was moved, by customer.
+
+        The rows are with the survivor, or with whoever absorbed the survivor since (a into b, then
+        b into c: a's rows are with c, and reversing a-into-b first is allowed). Rows that a
+        reversal logged after the merge gave back stay where they are: reversing b-into-c after
+        a-into-b must not take a's rows (in b's snapshot, given back to a since) to b. So do rows
+        that are elsewhere by now (split off)."""
+        holder = await self.store.current_survivor(session, survivor)
+        statuses = await self.store.lock_customers(session, [survivor, holder, *entry.absorbed_ids])
+        if statuses.get(holder) != "active":
+            raise Contention("the survivor was merged since we looked")
+        given_back = await self.store.given_back_since(session, entry.created_at)
+        moved = {}
+        for absorbed in entry.absorbed_ids:
+            rows = {
+                kind: [i for i in ids if i not in given_back[kind]] for kind, ids in entry.snapshot[absorbed].items()
+            }
+            moved[absorbed] = await self.store.move_rows(
+                session, absorbed, rows["identifiers"], rows["persons"], held_by=holder
+            )
+        return moved
 
     async def split(self, customer_id: str, keys: Sequence[Key], reason: str) -> tuple[str, list[str]]:
         """Move identifiers off a customer into a new customer (logged; Merge puts them back)."""
@@ -665,7 +706,7 @@ class IdentityService:
                 raise FailedPrecondition(f"not every identifier belongs to customer {customer_id}")
             new_id = new_customer_id()
             await self.store.insert_customers(session, [new_id])
-            await self.store.move_rows(session, new_id, mine, [])
+            await self.store.move_rows(session, new_id, mine, [], held_by=customer_id)
             split_id = str(uuid.uuid4())
             await self.store.add_log(
                 session,
@@ -830,6 +871,13 @@ class IdentityService:
         return rekeyed
 
 
-def _final_conflict(planner: Planner, conflict: Conflict) -> Conflict:
-    other = planner.find(conflict.other_customer_id) if conflict.other_customer_id else ""
-    return Conflict(planner.find(conflict.customer_id), other, conflict.id_type, conflict.reason, conflict.blind_index)
+def _final_conflicts(planner: Planner, conflicts: list[Conflict]) -> list[Conflict]:
+    """The conflicts with the customers they end up between once the batch is planned; a refused
+    join of two customers that a later record of the batch joined anyway is no conflict left."""
+    final = []
+    for conflict in conflicts:
+        customer = planner.find(conflict.customer_id)
+        other = planner.find(conflict.other_customer_id) if conflict.other_customer_id else ""
+        if customer != other:
+            final.append(Conflict(customer, other, conflict.id_type, conflict.reason, conflict.blind_index))
+    return final

@@ -21,10 +21,11 @@ __all__ = ["Base", "IdentifierRow", "IdentityStore", "PersonRow", "RekeyedPerson
 
 BOTH_ACTIVE = (
     "JOIN customer one ON one.id = c.customer_id AND one.status = 'active' "
-    "JOIN customer other ON other.id = c.other_customer_id AND other.status = 'active'"
+    "JOIN customer other ON other.id = c.other_customer_id AND other.status = 'active' AND other.id <> one.id"
 )
 """Review candidates whose customers are both still active: once either is merged away (by another
-path, or by a decided candidate), the pair is no longer a question for a reviewer."""
+path, or by a decided candidate), the pair is no longer a question for a reviewer. Nor is a
+customer paired with itself (rows stored before add_candidates refused those)."""
 
 
 @dataclass(frozen=True)
@@ -189,16 +190,53 @@ class IdentityStore:
         return {"identifiers": sorted(moved_identifiers), "persons": sorted(moved_persons)}
 
     async def move_rows(
-        self, session: AsyncSession, to_id: str, identifier_ids: list[int], person_ids: list[int]
-    ) -> None:
-        await session.execute(
-            text("UPDATE identifier SET customer_id = :to WHERE id = ANY(CAST(:ids AS bigint[]))"),
-            {"to": to_id, "ids": identifier_ids},
+        self, session: AsyncSession, to_id: str, identifier_ids: list[int], person_ids: list[int], *, held_by: str
+    ) -> dict[str, list[int]]:
+        """Move these rows to `to_id`, those of them `held_by` holds (a row elsewhere by now, split
+        off for instance, stays where it is); returns the ids moved."""
+        moved_identifiers = await session.scalars(
+            text(
+                "UPDATE identifier SET customer_id = :to WHERE id = ANY(CAST(:ids AS bigint[])) AND customer_id = :by "
+                "RETURNING id"
+            ),
+            {"to": to_id, "ids": identifier_ids, "by": held_by},
         )
-        await session.execute(
-            text("UPDATE person SET customer_id = :to WHERE id = ANY(CAST(:ids AS bigint[]))"),
-            {"to": to_id, "ids": person_ids},
+        identifiers = sorted(moved_identifiers)
+        moved_persons = await session.scalars(
+            text(
+                "UPDATE person SET customer_id = :to WHERE id = ANY(CAST(:ids AS bigint[])) AND customer_id = :by "
+                "RETURNING id"
+            ),
+            {"to": to_id, "ids": person_ids, "by": held_by},
         )
+        return {"identifiers": identifiers, "persons": sorted(moved_persons)}
+
+    async def given_back_since(self, session: AsyncSession, since: datetime) -> dict[str, set[int]]:
+        """The identifier and person rows that reversals logged after `since` gave back."""
+        rows = await session.scalars(
+            text("SELECT snapshot FROM merge_log WHERE kind = 'unmerge' AND created_at > :since"), {"since": since}
+        )
+        given: dict[str, set[int]] = {"identifiers": set(), "persons": set()}
+        for snapshot in rows:
+            for moved in snapshot.values():
+                given["identifiers"].update(moved["identifiers"])
+                given["persons"].update(moved["persons"])
+        return given
+
+    async def current_survivor(self, session: AsyncSession, customer_id: str) -> str:
+        """The customer that holds what `customer_id` held: itself while active, else the end of
+        its chain of merges (a merged into b, b into c: c)."""
+        found = await session.scalar(
+            text(
+                "WITH RECURSIVE chain(id, merged_into, depth) AS ("
+                "SELECT id, merged_into, 0 FROM customer WHERE id = :id UNION ALL "
+                "SELECT c.id, c.merged_into, chain.depth + 1 FROM customer c JOIN chain ON c.id = chain.merged_into "
+                "WHERE chain.depth < 1000) "
+                "SELECT id FROM chain ORDER BY depth DESC LIMIT 1"
+            ),
+            {"id": customer_id},
+        )
+        return str(found) if found is not None else customer_id
 
     async def set_status(
         self, session: AsyncSession, customer_ids: Sequence[str], status: str, merged_into: str | None
@@ -289,25 +327,34 @@ class IdentityStore:
     async def add_candidates(
         self, session: AsyncSession, candidates: Sequence[tuple[str, str, float, float, dict[str, str]]]
     ) -> None:
-        """(customer_id, other_customer_id, probability, weight, comparisons); a pair seen again keeps
-        its best score and stays decided if it was."""
-        if not candidates:
+        """(customer_id, other_customer_id, probability, weight, comparisons); a pair seen again, in
+        either order, keeps its best score and stays decided if it was. A customer is never its
+        own candidate (two customers of a batch joined after one of them was scored against the
+        other; accepting that pair would merge the customer into itself)."""
+        pairs = _unique_pairs(candidates)
+        if not pairs:
             return
+        # The reverse pair is updated, not inserted again: a rejected pair must not come back when
+        # the other customer is scored. (ON CONFLICT sees only the same order.)
         await session.execute(
             text(
+                "WITH x AS (SELECT * FROM unnest(CAST(:a AS text[]), CAST(:b AS text[]), CAST(:p AS float8[]), "
+                "CAST(:w AS float8[]), CAST(:j AS text[])) AS x(a, b, p, w, j)), "
+                "turned AS (UPDATE candidate c SET probability = greatest(c.probability, x.p), "
+                "weight = greatest(c.weight, x.w) FROM x WHERE c.customer_id = x.b AND c.other_customer_id = x.a) "
                 "INSERT INTO candidate (customer_id, other_customer_id, probability, weight, comparisons) "
-                "SELECT a, b, p, w, CAST(j AS jsonb) FROM unnest(CAST(:a AS text[]), CAST(:b AS text[]), "
-                "CAST(:p AS float8[]), CAST(:w AS float8[]), CAST(:j AS text[])) AS x(a, b, p, w, j) "
+                "SELECT a, b, p, w, CAST(j AS jsonb) FROM x WHERE NOT EXISTS "
+                "(SELECT 1 FROM candidate r WHERE r.customer_id = x.b AND r.other_customer_id = x.a) "
                 "ON CONFLICT (customer_id, other_customer_id) DO UPDATE SET "
                 "probability = greatest(candidate.probability, excluded.probability), "
                 "weight = greatest(candidate.weight, excluded.weight)"
             ),
             {
-                "a": [c[0] for c in candidates],
-                "b": [c[1] for c in candidates],
-                "p": [c[2] for c in candidates],
-                "w": [c[3] for c in candidates],
-                "j": [_json(c[4]) for c in candidates],
+                "a": [c[0] for c in pairs],
+                "b": [c[1] for c in pairs],
+                "p": [c[2] for c in pairs],
+                "w": [c[3] for c in pairs],
+                "j": [_json(c[4]) for c in pairs],
             },
         )
 
@@ -614,6 +661,23 @@ def _identifier(row: Row[Any]) -> IdentifierRow:
         row.evidence,
         row.created_at,
     )
+
+
+def _unique_pairs(
+    candidates: Sequence[tuple[str, str, float, float, dict[str, str]]],
+) -> list[tuple[str, str, float, float, dict[str, str]]]:
+    """One row per pair of two different customers, in either order, with its best score: the
+    records of one batch that ended up one customer may each have been scored against the same
+    other (and one INSERT ... ON CONFLICT DO UPDATE cannot update a row twice)."""
+    best: dict[frozenset[str], tuple[str, str, float, float, dict[str, str]]] = {}
+    for candidate in candidates:
+        if candidate[0] == candidate[1]:
+            continue
+        pair = frozenset(candidate[:2])
+        kept = best.get(pair)
+        if kept is None or kept[2] < candidate[2]:
+            best[pair] = candidate
+    return list(best.values())
 
 
 def _json(value: object) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from tailor_identity.domain.crypto import Keyring
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.matching import Thresholds
@@ -214,3 +215,93 @@ async def test_find_candidates_during_a_blind_index_rotation_searches_the_old_bl
     assert again.customer_id == second.customer_id
     candidates, _ = await during.find_candidates(second.customer_id, 0, 100)
     assert {(row.customer_id, row.other_customer_id) for row in candidates} == {(second.customer_id, first.customer_id)}
+
+
+ANN = {
+    "given_name": "Ann",
+    "surname": "Lee",
+    "date_of_birth": "1980-01-02",
+    "address": "1 Main St",
+    "postcode": "2000",
+    "city": "Sydney",
+}
+
+
+async def test_two_records_of_a_batch_that_join_one_customer_leave_one_candidate(
+    database: Database, identity: IdentityService
+) -> None:
+    """Two new customers of a batch, each a probable duplicate of the same stored customer, are then
+    joined by a third record: the batch holds the pair twice, and must still go through (one
+    candidate, not a failed statement)."""
+    reviewing = IdentityService(
+        database, identity.outbox, KeyMaker(keyring()), thresholds=Thresholds(auto_merge=1.0, review=1e-12)
+    )
+    k = reviewing.keys
+    [stored] = await reviewing.resolve_batch([Record([k.key("email", "ann@example.com")], k.person(**ANN))])
+    results = await reviewing.resolve_batch(
+        [
+            Record([k.key("email", "n1@example.com")], k.person(**ANN)),
+            Record([k.key("email", "n2@example.com")], k.person(**ANN)),
+            Record([k.key("email", "n1@example.com"), k.key("email", "n2@example.com")]),
+        ]
+    )
+    [joined] = {r.customer_id for r in results}
+    candidates, _ = await reviewing.find_candidates(joined, 0, 100)
+    assert [{row.customer_id, row.other_customer_id} for row in candidates] == [{joined, stored.customer_id}]
+
+
+async def test_no_candidate_pairs_a_customer_with_itself(database: Database, identity: IdentityService) -> None:
+    """The first record of a new customer is a probable duplicate of a stored customer (review),
+    the second one a sure one (merged in): the review pair is then the stored customer with itself,
+    which must not be queued (accepting it would merge a customer into itself)."""
+    reviewing = IdentityService(
+        database, identity.outbox, KeyMaker(keyring()), thresholds=Thresholds(auto_merge=0.5, review=1e-12)
+    )
+    k = reviewing.keys
+    weak = {"given_name": "Zed", "surname": "Lee", "date_of_birth": "1980-01-02", "address": "9 Other Rd"}
+    weak |= {"postcode": "7000", "city": "Perth"}
+    [stored] = await reviewing.resolve_batch([Record([k.key("email", "ann@example.com")], k.person(**ANN))])
+    results = await reviewing.resolve_batch(
+        [
+            Record([k.key("email", "n1@example.com")], k.person(**weak)),
+            Record([k.key("email", "n2@example.com")], k.person(**ANN)),
+            Record([k.key("email", "n1@example.com"), k.key("email", "n2@example.com")]),
+        ]
+    )
+    # The scenario's premise: the sure record merged the batch's customer into the stored one.
+    assert results[1].matched_by == "probabilistic"
+    assert {r.customer_id for r in results} == {stored.customer_id}
+    queue, _ = await reviewing.find_candidates("", 0, 100)
+    assert [(row.customer_id, row.other_customer_id) for row in queue] == []
+
+
+async def test_a_rejected_pair_does_not_come_back_the_other_way_round(
+    database: Database, identity: IdentityService
+) -> None:
+    reviewing = IdentityService(
+        database, identity.outbox, KeyMaker(keyring()), thresholds=Thresholds(auto_merge=1.0, review=1e-12)
+    )
+    k = reviewing.keys
+    [first] = await reviewing.resolve_batch([Record([k.key("email", "ann@example.com")], k.person(**ANN))])
+    [second] = await reviewing.resolve_batch([Record([k.key("email", "lee@example.com")], k.person(**ANN))])
+    [row] = (await reviewing.find_candidates(second.customer_id, 0, 100))[0]
+    await reviewing.resolve_candidate(row.id, False, "twins")
+    # Scored again from the other customer's side: the same pair, already decided.
+    assert (await reviewing.find_candidates(first.customer_id, 0, 100))[0] == []
+    assert (await reviewing.find_candidates("", 0, 100))[0] == []
+
+
+async def test_a_stored_pair_of_a_customer_with_itself_is_not_listed(identity: IdentityService) -> None:
+    """Such rows were stored before add_candidates refused them: the queue leaves them out."""
+    k = identity.keys
+    [ann] = await identity.resolve_batch([Record([k.key("email", "ann@example.com")], k.person(**ANN))])
+    async with identity.db.transaction() as session:
+        await session.execute(
+            text(
+                "INSERT INTO candidate (customer_id, other_customer_id, probability, weight, comparisons) "
+                "VALUES (:c, :c, 0.7, 3.0, '{}')"
+            ),
+            {"c": ann.customer_id},
+        )
+    assert (await identity.find_candidates("", 0, 100))[0] == []
+    assert (await identity.find_candidates(ann.customer_id, 0, 100))[0] == []

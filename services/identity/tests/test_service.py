@@ -4,12 +4,15 @@ encryption at rest, outbox events."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 import pytest
 from sqlalchemy import text
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor.events.v1.identity_pb2 import IdentityMerged, IdentityResolved
+from tailor.identity.v1 import identity_pb2 as pb
+from tailor_identity.api import IdentityApi
 from tailor_identity.domain.crypto import Keyring
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.model import Record
@@ -278,3 +281,141 @@ async def test_blind_index_key_rotation(database: Database, identity: IdentitySe
     assert (bytes(person.fingerprint), person.index_key_id) == (after.fingerprint(normalized), 2)
     assert block_keys == sorted(after.block_indexes(normalized))
     assert [link.value for link in (await rotated.graph(a.customer_id)).links] == ["r@example.com"]
+
+
+async def test_unmerging_the_first_of_a_chain_of_merges_then_the_second_restores_each_customer(
+    identity: IdentityService,
+) -> None:
+    """a into b, then b into c; reversing a-into-b first (b is merged by then) and b-into-c after
+    gives every customer back its own identifiers: the second reversal must not take a's rows
+    (which the first one has already given back) to b."""
+    k = identity.keys
+    a, b, c = await identity.resolve_batch([record(k, ("email", f"{name}@example.com")) for name in ("a", "b", "c")])
+    first = await identity.merge(b.customer_id, [a.customer_id], "call center")
+    second = await identity.merge(c.customer_id, [b.customer_id], "call center")
+    await identity.unmerge(b.customer_id, first, "a is someone else")
+    [found] = await identity.resolve_batch([record(k, ("email", "a@example.com"))])
+    assert found.customer_id == a.customer_id
+    await identity.unmerge(c.customer_id, second, "b is someone else too")
+    for customer, name in ((a, "a"), (b, "b"), (c, "c")):
+        graph = await identity.graph(customer.customer_id)
+        assert graph.customer.status == "active"
+        assert [link.value for link in graph.links] == [f"{name}@example.com"]
+
+
+async def test_a_customer_is_never_merged_into_itself(identity: IdentityService) -> None:
+    k = identity.keys
+    [a] = await identity.resolve_batch([record(k, ("email", "self@example.com"))])
+    with pytest.raises(FailedPrecondition):
+        await identity.merge(a.customer_id, [a.customer_id], "oops")
+    graph = await identity.graph(a.customer_id)
+    assert graph.customer.status == "active" and not graph.merges
+
+
+async def test_link_reports_only_the_identifiers_it_newly_attached(identity: IdentityService) -> None:
+    k = identity.keys
+    api = IdentityApi(identity, k)
+    [own] = await identity.resolve_batch([record(k, ("email", "own@example.com"), ("email", "own2@example.com"))])
+    [other] = await identity.resolve_batch(
+        [record(k, ("email", "o1@example.com"), ("email", "o2@example.com"), ("loyalty_id", "L-o"))]
+    )
+    await identity.link(own.customer_id, [k.key("loyalty_id", "L-own")], "registration")
+
+    def ident(kind: str, value: str) -> pb.Identifier:
+        return pb.Identifier(type=kind, value=value)
+
+    # Already its own (twice): nothing new.
+    same = pb.LinkRequest(
+        customer_id=own.customer_id,
+        identifiers=[ident("email", "own@example.com"), ident("email", "OWN@example.com")],
+    )
+    assert (await api.Link(same, None)).linked == 0  # type: ignore[arg-type]
+    # Two keys of a customer that cannot be merged in (two loyalty ids): one conflict, none linked.
+    refused = pb.LinkRequest(
+        customer_id=own.customer_id,
+        identifiers=[ident("email", "o1@example.com"), ident("email", "o2@example.com")],
+    )
+    response = await api.Link(refused, None)  # type: ignore[arg-type]
+    assert len(response.conflicts) == 1 and response.linked == 0
+    assert (await identity.graph(other.customer_id)).customer.status == "active"
+    # One new key and one already owned: one linked.
+    mixed = pb.LinkRequest(
+        customer_id=own.customer_id,
+        identifiers=[ident("email", "own2@example.com"), ident("device_id", "d-new")],
+    )
+    assert (await api.Link(mixed, None)).linked == 1  # type: ignore[arg-type]
+
+
+async def test_link_of_another_customers_identifiers_obeys_the_limits_and_the_device_rule(
+    identity: IdentityService,
+) -> None:
+    """Every identifier given to Link belongs to one other customer: merging it in is still subject
+    to the rules (its identifier counts must be read, and it must be locked)."""
+    k = identity.keys
+    [own] = await identity.resolve_batch([record(k, ("loyalty_id", "L-1"), ("email", "own@example.com"))])
+    [other] = await identity.resolve_batch([record(k, ("loyalty_id", "L-2"), ("email", "other@example.com"))])
+    result = await identity.link(own.customer_id, [k.key("email", "other@example.com")], "login")
+    assert not result.merged_ids and "at most 1 loyalty_id" in result.conflicts[0].reason
+    assert (await identity.graph(other.customer_id)).customer.status == "active"
+
+    [known] = await identity.resolve_batch([record(k, ("device_id", "tablet"), ("email", "k@example.com"))])
+    result = await identity.link(own.customer_id, [k.key("device_id", "tablet")], "login")
+    assert not result.merged_ids and "device_id may join at most one known customer" in result.conflicts[0].reason
+    assert (await identity.graph(known.customer_id)).customer.status == "active"
+
+
+async def test_a_customer_given_back_and_merged_elsewhere_keeps_its_rows_when_an_older_merge_is_reversed(
+    identity: IdentityService,
+) -> None:
+    """a into b, b into c; a-into-b reversed (a's rows go back to a), then a merged into c itself.
+    Reversing b-into-c must give b its own rows only: a's, in b's snapshot of that merge, are with c
+    through a's own merge now."""
+    k = identity.keys
+    a, b, c = await identity.resolve_batch([record(k, ("email", f"{name}@example.com")) for name in ("a", "b", "c")])
+    first = await identity.merge(b.customer_id, [a.customer_id], "call center")
+    second = await identity.merge(c.customer_id, [b.customer_id], "call center")
+    await identity.unmerge(b.customer_id, first, "a is someone else")
+    await identity.merge(c.customer_id, [a.customer_id], "a is c after all")
+    await identity.unmerge(c.customer_id, second, "b is someone else")
+    assert [link.value for link in (await identity.graph(b.customer_id)).links] == ["b@example.com"]
+    assert [link.value for link in (await identity.graph(c.customer_id)).links] == ["a@example.com", "c@example.com"]
+
+
+async def test_an_operators_reason_is_not_logged(identity: IdentityService, caplog: pytest.LogCaptureFixture) -> None:
+    k = identity.keys
+    a, b = await identity.resolve_batch([record(k, ("email", "a@example.com")), record(k, ("email", "b@example.com"))])
+    with caplog.at_level(logging.DEBUG):
+        await identity.merge(b.customer_id, [a.customer_id], "she wrote from jane.doe@example.org, +1 415 555 0100")
+    assert caplog.records
+    assert "jane.doe" not in caplog.text and "555" not in caplog.text
+
+
+async def test_a_conflict_the_batch_itself_resolved_is_not_recorded(identity: IdentityService) -> None:
+    """A device refused between two known customers, who a later record of the same batch joins by
+    an email: no conflict of the survivor with itself is left behind."""
+    k = identity.keys
+    [known] = await identity.resolve_batch([record(k, ("email", "k@example.com"), ("device_id", "d-k"))])
+    results = await identity.resolve_batch(
+        [
+            record(k, ("email", "n@example.com"), ("device_id", "d-n")),
+            record(k, ("email", "k@example.com"), ("device_id", "d-n")),  # refused: device only, both known
+            record(k, ("email", "k@example.com"), ("email", "n@example.com")),  # joined by an email
+        ]
+    )
+    assert {r.customer_id for r in results} == {known.customer_id}
+    assert all(c.customer_id != c.other_customer_id for r in results for c in r.conflicts)
+    graph = await identity.graph(known.customer_id)
+    assert [(row.customer_id, row.other_customer_id) for row in graph.conflicts] == []
+
+
+async def test_a_record_whose_new_customer_a_later_record_joins_to_an_existing_one_is_not_reported_new(
+    identity: IdentityService,
+) -> None:
+    k = identity.keys
+    [existing] = await identity.resolve_batch([record(k, ("email", "x@example.com"))])
+    first, second = await identity.resolve_batch(
+        [record(k, ("email", "new@example.com")), record(k, ("email", "new@example.com"), ("email", "x@example.com"))]
+    )
+    assert first.customer_id == second.customer_id == existing.customer_id
+    assert not first.created and first.matched_by == "batch"
+    assert second.matched_by == "email"

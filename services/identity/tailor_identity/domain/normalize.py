@@ -18,7 +18,12 @@ import phonenumbers
 from tailor_identity.domain.model import IdType
 
 MAX_VALUE_LENGTH = 256
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+# The local part: anything but @, whitespace and ASCII control characters (non-ASCII ones are
+# checked by _unicode_email); the domain: ASCII labels (an IDN is turned into its A-labels first).
+_EMAIL = re.compile(
+    r"^[^@\s\x00-\x1f\x7f]{1,64}@"
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
 _OPAQUE = re.compile(r"^[\w.:@/+=\-]{1,200}$")
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
 _EXTERNAL, _EMAIL_TYPE, _PHONE = IdType.EXTERNAL.value, IdType.EMAIL.value, IdType.PHONE.value
@@ -64,6 +69,8 @@ class EmailRules:
 
 def normalize_email(raw: str, rules: EmailRules = EmailRules()) -> str:
     value = raw.strip().lower()
+    if not value.isascii():
+        value = _unicode_email(value)
     if not _EMAIL.match(value):
         raise ValueError("is not a valid email address")
     local, domain = value.rsplit("@", 1)
@@ -77,21 +84,47 @@ def normalize_email(raw: str, rules: EmailRules = EmailRules()) -> str:
     return f"{local}@{domain}"
 
 
+def _unicode_email(value: str) -> str:
+    """An internationalized email (RFC 6531) in one form: the local part in NFC (an accent composed
+    or decomposed is one mailbox, RFC 6532) without control or invisible format characters (a
+    zero-width space would make a look-alike key), the domain as its IDNA A-labels (bücher.de and
+    xn--bcher-kva.de are one domain). Python's codec is IDNA 2003: it maps ß to ss."""
+    local, at, domain = value.rpartition("@")
+    if not at:
+        return value  # not an email at all: the pattern rejects it
+    local = unicodedata.normalize("NFC", local)
+    if any(unicodedata.category(char)[0] == "C" for char in local):
+        raise ValueError("is not a valid email address")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:  # its text names the label: never echo it
+            raise ValueError("is not a valid email address") from None
+    return f"{local}@{domain}"
+
+
 @functools.lru_cache(maxsize=65536)
 def normalize_phone(raw: str, default_region: str = "US") -> str:
-    """E.164; numbers without a country code are read in `default_region`."""
+    """E.164; numbers without a country code are read in `default_region`. An extension is kept
+    (RFC 3966: "+16502530000;ext=123"): the people behind one switchboard number are different
+    people, and dropping it would merge them."""
     try:
         number = phonenumbers.parse(raw, default_region)
     except phonenumbers.NumberParseException:
         raise ValueError("is not a parseable phone number") from None
     if not phonenumbers.is_valid_number(number):
         raise ValueError("is not a valid phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return f"{e164};ext={number.extension}" if number.extension else e164
 
 
 def normalize_opaque(raw: str) -> str:
-    """Loyalty ids, POS numbers, device ids, external ids: trimmed, case kept (they are opaque)."""
+    """Loyalty ids, POS numbers, device ids, external ids: trimmed, case kept (they are opaque).
+    Non-ASCII ones in NFKC: a card number typed in full width (an East Asian input method) is the
+    ASCII one, and an accent composed or decomposed is one character."""
     value = raw.strip()
+    if not value.isascii():
+        value = unicodedata.normalize("NFKC", value)
     if not _OPAQUE.match(value):
         raise ValueError("must be 1-200 characters: letters, digits and . _ : @ / + = -")
     return value
@@ -120,11 +153,33 @@ def normalize_identifier(
     return normalize_opaque(raw), ""
 
 
+_LATIN_LETTERS = str.maketrans(
+    {
+        "ß": "ss", "ø": "o", "ł": "l", "æ": "ae", "œ": "oe", "đ": "d", "ð": "d", "þ": "th", "\u0131": "i",
+        "ħ": "h", "ŧ": "t", "ŀ": "l", "ŋ": "n",
+    }
+)  # fmt: skip
+"""Lowercase Latin letters that have no decomposition into a base letter and an accent."""
+_SEPARATORS = re.compile(r"[^a-z0-9\x80-\U0010ffff]+")
+"""ASCII that is not a lowercase letter or digit (fold has already made other characters a space)."""
+
+
 def fold(text: str) -> str:
-    """Lowercase ASCII letters/digits and single spaces: accents and punctuation removed."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    ascii_only = decomposed.encode("ascii", "ignore").decode("ascii").lower()
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", ascii_only).split())
+    """Lowercase letters and digits and single spaces: accents removed, punctuation a space.
+
+    Letters of other scripts are kept (a Cyrillic or Chinese name is a name, not nothing), Latin
+    letters without a decomposition are spelt out (Straße is Strasse, Søren is Soren), and any
+    punctuation separates (O\u2019Neil, with a typographic apostrophe, is O'Neil)."""
+    text = text.lower()  # before decomposing: İ lowercases to i and a dot above, an accent
+    if not text.isascii():
+        decomposed = unicodedata.normalize("NFKD", text.translate(_LATIN_LETTERS))
+        # Accents (combining marks) go; other marks stay, as part of their word (a Devanagari vowel
+        # sign is no separator); whatever is not a letter, digit or mark separates.
+        text = "".join(
+            "" if unicodedata.combining(char) else char if unicodedata.category(char)[0] in "LNM" else " "
+            for char in decomposed
+        )
+    return " ".join(_SEPARATORS.sub(" ", text).split())
 
 
 def normalize_name(raw: str) -> str:

@@ -121,9 +121,8 @@ class ProfileService:
         candidates, rejections = self.intake.check_batch(batch, now)
         outcomes = [_rejected(r) for r in rejections]
         candidates, repeats = _first_of_each_id(candidates)
-        outcomes += [EventOutcome(c.index, c.event.id, Status.DUPLICATE) for c in repeats]
-        if candidates:
-            outcomes += await self._resolve_and_store(candidates, now, session)
+        stored = await self._resolve_and_store(candidates, now, session) if candidates else []
+        outcomes += stored + _repeat_outcomes(repeats, stored)
         return sorted(outcomes, key=lambda outcome: outcome.index)
 
     async def _resolve_and_store(
@@ -489,6 +488,20 @@ def _distinct_requests(candidates: Sequence[Candidate]) -> tuple[list[ResolveReq
             requests.append(resolve_request(candidate.event))
         slot_of.append(slot)
     return requests, slot_of
+
+
+def _repeat_outcomes(repeats: list[Candidate], firsts: list[EventOutcome]) -> list[EventOutcome]:
+    """A repeat of an id earlier in the batch is a duplicate of what that event became; when
+    identity rejected it, nothing was stored, and the repeat is rejected for the same reason."""
+    rejected = {o.event_id: o for o in firsts if o.status == Status.REJECTED}
+    outcomes = []
+    for repeat in repeats:
+        first = rejected.get(repeat.event.id)
+        if first is None:
+            outcomes.append(EventOutcome(repeat.index, repeat.event.id, Status.DUPLICATE))
+        else:
+            outcomes.append(EventOutcome(repeat.index, repeat.event.id, Status.REJECTED, "", first.field, first.reason))
+    return outcomes
 
 
 def _first_of_each_id(candidates: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:

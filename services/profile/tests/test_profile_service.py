@@ -705,3 +705,12 @@ async def test_a_bad_event_in_a_bus_batch_does_not_hold_back_the_rest(platform: 
     assert stub.ListEvents(pb.ListEventsRequest(customer_id=by_email(stub, who).customer_id)).events[0].event.id == (
         good.id
     )
+
+
+def test_a_repeat_of_an_event_identity_rejected_is_rejected_too(stub: Stub) -> None:
+    """Nothing was stored under the id, so the repeat is no duplicate of anything."""
+    bad = make_event("page_view", ago(hours=1), identifiers=pb.Identifiers(phone="not a phone"))
+    response = ingest(stub, [bad, bad])
+    assert [r.status for r in response.results] == [pb.EVENT_STATUS_REJECTED] * 2
+    assert response.results[0].field == response.results[1].field != ""
+    assert response.results[0].reason == response.results[1].reason != ""

@@ -140,6 +140,34 @@ def test_returns_tickets_page_views_and_affinity() -> None:
     assert sum(affinity.values()) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0), (2, 0, 1)])
+def test_a_reopened_ticket_is_open_in_whatever_order_its_events_arrive(order: tuple[int, ...]) -> None:
+    history = [
+        event("support_ticket_opened", 3, ticket_id="t"),
+        event("support_ticket_closed", 2, ticket_id="t"),
+        event("support_ticket_opened", 1, ticket_id="t"),  # the customer wrote again: reopened
+    ]
+    state = TraitState()
+    for index in order:
+        apply(state, history[index], SETTINGS)
+    assert evaluate(state, NOW, SETTINGS).open_tickets == 1
+    apply(state, event("support_ticket_closed", 0.5, ticket_id="t"), SETTINGS)
+    assert evaluate(state, NOW, SETTINGS).open_tickets == 0
+
+
+def test_tickets_of_a_state_stored_before_their_times_were_kept_read_as_they_were() -> None:
+    stored = TraitState(last_seen=NOW - 3 * DAY_S).to_json()
+    del stored["tickets"]
+    stored.update(v=1, tickets_open=["open"], tickets_closed=["closed"])
+    state = TraitState.from_json(stored)
+    assert evaluate(state, NOW, SETTINGS).open_tickets == 1
+    apply(state, event("support_ticket_opened", 5, ticket_id="closed"), SETTINGS)  # older: stays closed
+    apply(state, event("support_ticket_closed", 4, ticket_id="open"), SETTINGS)
+    assert evaluate(state, NOW, SETTINGS).open_tickets == 0
+    apply(state, event("support_ticket_opened", 1, ticket_id="closed"), SETTINGS)  # newer: reopened
+    assert evaluate(state, NOW, SETTINGS).open_tickets == 1
+
+
 def test_a_ticket_closed_before_its_opening_arrives_stays_closed() -> None:
     closed_first = TraitState()
     apply(closed_first, event("support_ticket_closed", 1, ticket_id="t"), SETTINGS)

@@ -76,14 +76,16 @@ class TraitState:
     """Time of the newest online order: cart changes at or before it are spent."""
     cart: list[tuple[int, str, int, int, str]] = field(default_factory=list)
     """Cart changes after `cart_cleared_at`: (time, sku, quantity delta, unit price, category)."""
-    tickets_open: set[str] = field(default_factory=set)
-    tickets_closed: set[str] = field(default_factory=set)
+    tickets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Ticket id -> (time it was last opened, time it was last closed), 0 for never: a ticket is
+    open while its last opening is later than its last closing, whatever order they arrive in
+    (a close before its open, a reopen)."""
 
     # -- persistence ---------------------------------------------------------------------------
 
     def to_json(self) -> JsonDict:
         return {
-            "v": 1,
+            "v": 2,
             "events": self.events,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
@@ -102,8 +104,7 @@ class TraitState:
             "affinity": {category: list(value) for category, value in self.affinity.items()},
             "cart_cleared_at": self.cart_cleared_at,
             "cart": [list(entry) for entry in self.cart],
-            "tickets_open": sorted(self.tickets_open),
-            "tickets_closed": sorted(self.tickets_closed),
+            "tickets": {ticket: list(times) for ticket, times in self.tickets.items()},
         }
 
     @classmethod
@@ -127,12 +128,31 @@ class TraitState:
             affinity={category: (value[0], value[1]) for category, value in data["affinity"].items()},
             cart_cleared_at=data["cart_cleared_at"],
             cart=[(e[0], e[1], e[2], e[3], e[4]) for e in data["cart"]],
-            tickets_open=set(data["tickets_open"]),
-            tickets_closed=set(data["tickets_closed"]),
+            tickets=_tickets_of(data),
         )
 
 
 # -- applying events ---------------------------------------------------------------------------
+
+
+def _tickets_of(data: JsonDict) -> dict[str, tuple[int, int]]:
+    """Tickets as stored; a state of version 1 kept sets of open and closed ids without times: an
+    open one counts as opened at the start of time (any close closes it), a closed one as closed
+    when the customer was last seen (an opening after that reopens it)."""
+    if "tickets" in data:
+        return {ticket: (times[0], times[1]) for ticket, times in data["tickets"].items()}
+    closed_at = data["last_seen"] or 1
+    tickets = {ticket: (1, 0) for ticket in data["tickets_open"]}
+    tickets.update({ticket: (0, closed_at) for ticket in data["tickets_closed"]})
+    return tickets
+
+
+def _latest_times(a: dict[str, tuple[int, int]], b: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    merged = dict(a)
+    for ticket, (opened, closed) in b.items():
+        mine = merged.get(ticket, (0, 0))
+        merged[ticket] = (max(mine[0], opened), max(mine[1], closed))
+    return merged
 
 
 def _min(a: int | None, b: int | None) -> int | None:
@@ -188,12 +208,12 @@ def apply(state: TraitState, event: EventFacts, settings: TraitSettings) -> None
         state.points -= event.points
     elif kind == "store_visit" and event.store_id:
         state.stores[event.store_id] = state.stores.get(event.store_id, 0) + 1
-    elif kind == "support_ticket_opened":
-        if event.ticket_id not in state.tickets_closed:
-            state.tickets_open.add(event.ticket_id)
-    elif kind == "support_ticket_closed":
-        state.tickets_open.discard(event.ticket_id)
-        state.tickets_closed.add(event.ticket_id)
+    elif kind in ("support_ticket_opened", "support_ticket_closed"):
+        opened, closed = state.tickets.get(event.ticket_id, (0, 0))
+        if kind == "support_ticket_opened":
+            state.tickets[event.ticket_id] = (max(opened, event.at), closed)
+        else:
+            state.tickets[event.ticket_id] = (opened, max(closed, event.at))
 
 
 def _apply_purchase(state: TraitState, event: EventFacts, settings: TraitSettings) -> None:
@@ -258,9 +278,8 @@ def combine(survivor: TraitState, absorbed: TraitState, settings: TraitSettings)
         channels=_add_counts(survivor.channels, absorbed.channels),
         stores=_add_counts(survivor.stores, absorbed.stores),
         cart_cleared_at=_max(survivor.cart_cleared_at, absorbed.cart_cleared_at),
-        tickets_closed=survivor.tickets_closed | absorbed.tickets_closed,
+        tickets=_latest_times(survivor.tickets, absorbed.tickets),
     )
-    merged.tickets_open = (survivor.tickets_open | absorbed.tickets_open) - merged.tickets_closed
     cleared = merged.cart_cleared_at
     merged.cart = sorted(e for e in [*survivor.cart, *absorbed.cart] if cleared is None or e[0] > cleared)
     del merged.cart[: max(0, len(merged.cart) - MAX_CART_ENTRIES)]
@@ -481,7 +500,7 @@ def evaluate(state: TraitState, now: int, settings: TraitSettings) -> Traits:
         to_next_tier=to_next,
         return_rate=round(state.items_returned / state.items_bought, 4) if state.items_bought else 0.0,
         refunded=state.refunded,
-        open_tickets=len(state.tickets_open),
+        open_tickets=sum(1 for opened, closed in state.tickets.values() if opened > closed),
         page_views_7d=sums[7][PAGE_VIEWS],
     )
 

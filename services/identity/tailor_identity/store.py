@@ -334,19 +334,15 @@ class IdentityStore:
         pairs = _unique_pairs(candidates)
         if not pairs:
             return
-        # The reverse pair is updated, not inserted again: a rejected pair must not come back when
-        # the other customer is scored. (ON CONFLICT sees only the same order.)
+        # The conflict target is the unordered pair: the pair seen again the other way round
+        # updates its row (a rejected pair must not come back when the other customer is scored).
         await session.execute(
             text(
-                "WITH x AS (SELECT * FROM unnest(CAST(:a AS text[]), CAST(:b AS text[]), CAST(:p AS float8[]), "
-                "CAST(:w AS float8[]), CAST(:j AS text[])) AS x(a, b, p, w, j)), "
-                "turned AS (UPDATE candidate c SET probability = greatest(c.probability, x.p), "
-                "weight = greatest(c.weight, x.w) FROM x WHERE c.customer_id = x.b AND c.other_customer_id = x.a) "
                 "INSERT INTO candidate (customer_id, other_customer_id, probability, weight, comparisons) "
-                "SELECT a, b, p, w, CAST(j AS jsonb) FROM x WHERE NOT EXISTS "
-                "(SELECT 1 FROM candidate r WHERE r.customer_id = x.b AND r.other_customer_id = x.a) "
-                "ON CONFLICT (customer_id, other_customer_id) DO UPDATE SET "
-                "probability = greatest(candidate.probability, excluded.probability), "
+                "SELECT a, b, p, w, CAST(j AS jsonb) FROM unnest(CAST(:a AS text[]), CAST(:b AS text[]), "
+                "CAST(:p AS float8[]), CAST(:w AS float8[]), CAST(:j AS text[])) AS x(a, b, p, w, j) "
+                "ON CONFLICT (least(customer_id, other_customer_id), greatest(customer_id, other_customer_id)) "
+                "DO UPDATE SET probability = greatest(candidate.probability, excluded.probability), "
                 "weight = greatest(candidate.weight, excluded.weight)"
             ),
             {

@@ -137,7 +137,13 @@ candidate = Table(
     Column("reason", Text, nullable=False, server_default=""),
     _created(),
     Column("decided_at", DateTime(timezone=True), nullable=True),
-    UniqueConstraint("customer_id", "other_customer_id", name="uq_candidate_customer_other"),
+    # One row per pair in either order (migration 0007).
+    Index(
+        "uq_candidate_pair",
+        func.least(text("customer_id"), text("other_customer_id")),
+        func.greatest(text("customer_id"), text("other_customer_id")),
+        unique=True,
+    ),
     Index("ix_candidate_other_customer_id", "other_customer_id"),
     Index("ix_candidate_open", "id", postgresql_where=text("status = 'open'")),
 )

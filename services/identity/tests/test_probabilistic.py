@@ -3,6 +3,7 @@ and the review queue (FindCandidates / ResolveCandidate) works."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import importlib.util
 import itertools
@@ -289,6 +290,29 @@ async def test_a_rejected_pair_does_not_come_back_the_other_way_round(
     # Scored again from the other customer's side: the same pair, already decided.
     assert (await reviewing.find_candidates(first.customer_id, 0, 100))[0] == []
     assert (await reviewing.find_candidates("", 0, 100))[0] == []
+
+
+async def test_a_pair_scored_from_both_sides_at_once_is_one_candidate(identity: IdentityService) -> None:
+    """Two transactions, each scoring the pair from its own side, neither committed when the other
+    writes: the second waits for the first and then updates its row (the pair is unique in either
+    order), instead of queueing the pair twice."""
+    store = identity.store
+    async with identity.db.transaction() as first:
+        await store.add_candidates(first, [("cust-a", "cust-b", 0.6, 2.0, {})])
+        second_writes = asyncio.ensure_future(_add_in_own_transaction(identity, ("cust-b", "cust-a", 0.8, 3.0, {})))
+        await asyncio.sleep(0.3)  # the second is now waiting on the first's row
+        assert not second_writes.done()
+    await second_writes
+    async with identity.db.sessions() as session:
+        rows = (await session.execute(text("SELECT probability FROM candidate"))).all()
+    assert [row.probability for row in rows] == [0.8]
+
+
+async def _add_in_own_transaction(
+    identity: IdentityService, pair: tuple[str, str, float, float, dict[str, str]]
+) -> None:
+    async with identity.db.transaction() as session:
+        await identity.store.add_candidates(session, [pair])
 
 
 async def test_a_stored_pair_of_a_customer_with_itself_is_not_listed(identity: IdentityService) -> None:

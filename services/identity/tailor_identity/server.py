@@ -26,7 +26,7 @@ from tailor_identity.domain.crypto import Keyring, decode_key, dev_key
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.matching import Thresholds
 from tailor_identity.domain.model import DEFAULT_LIMITS, ID_TYPES
-from tailor_identity.domain.normalize import EmailRules
+from tailor_identity.domain.normalize import EmailRules, email_domain
 from tailor_identity.service import DEFAULT_MAX_BLOCK_SIZE, DEFAULT_PERSON_CACHE_SIZE, IdentityService
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,12 @@ class IdentitySettings(ServiceSettings):
         if code not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError("must be an ISO 3166 two-letter region code that phonenumbers supports, e.g. US")
         return code
+
+    @field_validator("identity_email_ignore_dots", "identity_email_strip_plus_tags")
+    @classmethod
+    def _domain_names(cls, domains: list[str]) -> list[str]:
+        """As normalized emails write them: lower case, an internationalized domain as A-labels."""
+        return [email_domain(domain) for domain in domains]
 
     @field_validator("identity_limits")
     @classmethod

@@ -25,3 +25,11 @@ def test_the_phone_region_is_read_whatever_its_case() -> None:
     assert settings.key_maker().key("phone", "(415) 555-0100").value == "+14155550100"
     with pytest.raises(ValidationError):
         IdentitySettings(identity_phone_region="USA")
+
+
+def test_an_email_rule_for_an_internationalized_domain_applies() -> None:
+    settings = IdentitySettings(identity_email_strip_plus_tags=["Bücher.de"], identity_email_ignore_dots=[])
+    keys = settings.key_maker()
+    assert keys.key("email", "ann+shop@bücher.de").value == keys.key("email", "ann@xn--bcher-kva.de").value
+    with pytest.raises(ValidationError):
+        IdentitySettings(identity_email_strip_plus_tags=["a..b"])

@@ -20,10 +20,9 @@ from tailor_identity.domain.model import IdType
 MAX_VALUE_LENGTH = 256
 # The local part: anything but @, whitespace and ASCII control characters (non-ASCII ones are
 # checked by _unicode_email); the domain: ASCII labels (an IDN is turned into its A-labels first).
-_EMAIL = re.compile(
-    r"^[^@\s\x00-\x1f\x7f]{1,64}@"
-    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
-)
+_DOMAIN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@" + _DOMAIN + "$")
+_DOMAIN_NAME = re.compile(_DOMAIN + r"\Z")
 _OPAQUE = re.compile(r"^[\w.:@/+=\-]{1,200}$")
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
 _EXTERNAL, _EMAIL_TYPE, _PHONE = IdType.EXTERNAL.value, IdType.EMAIL.value, IdType.PHONE.value
@@ -64,7 +63,21 @@ class EmailRules:
 
     @classmethod
     def of(cls, ignore_dots: Collection[str], strip_plus_tags: Collection[str]) -> EmailRules:
-        return cls(frozenset(d.lower() for d in ignore_dots), frozenset(d.lower() for d in strip_plus_tags))
+        """Rules from configured domains, written the way normalized emails write them (an
+        internationalized domain as its A-labels), so that a rule for bücher.de applies."""
+        return cls(frozenset(map(email_domain, ignore_dots)), frozenset(map(email_domain, strip_plus_tags)))
+
+
+def email_domain(configured: str) -> str:
+    """A configured domain the way normalized emails write it."""
+    domain = configured.strip().lower()
+    try:
+        domain = domain if domain.isascii() else domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        domain = ""
+    if not _DOMAIN_NAME.match(domain):
+        raise ValueError(f"{configured!r} is not a domain name")
+    return domain
 
 
 def normalize_email(raw: str, rules: EmailRules = EmailRules()) -> str:

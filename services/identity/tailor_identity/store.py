@@ -318,8 +318,18 @@ class IdentityStore:
         )
 
     async def conflicts_of(self, session: AsyncSession, customer_id: str) -> list[Row[Any]]:
+        """The conflicts of the customer and of every customer merged into it (transitively): what
+        its rules refused stays visible after a merge and goes back with an unmerge. A conflict
+        between two customers now merged into one is no conflict left."""
         rows = await session.execute(
-            text("SELECT * FROM conflict WHERE customer_id = :id OR other_customer_id = :id ORDER BY created_at, id"),
+            text(
+                "WITH RECURSIVE held(id) AS (SELECT CAST(:id AS text) UNION "
+                "SELECT c.id FROM customer c JOIN held h ON c.merged_into = h.id) "
+                "SELECT * FROM conflict WHERE (customer_id IN (SELECT id FROM held) "
+                "OR other_customer_id IN (SELECT id FROM held)) "
+                "AND NOT (customer_id IN (SELECT id FROM held) AND other_customer_id IN (SELECT id FROM held)) "
+                "ORDER BY created_at, id"
+            ),
             {"id": customer_id},
         )
         return list(rows)

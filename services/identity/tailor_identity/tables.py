@@ -46,6 +46,7 @@ customer = Table(
     Column("status", String(16), nullable=False, server_default="active"),
     Column("merged_into", String(64), nullable=True),
     _created(),
+    Index("ix_customer_merged_into", "merged_into", postgresql_where=text("merged_into IS NOT NULL")),
 )
 
 identifier = Table(

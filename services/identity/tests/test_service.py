@@ -103,6 +103,23 @@ async def test_limits_turn_a_link_into_a_conflict(identity: IdentityService) -> 
     assert [row.reason for row in graph.conflicts] == [c.conflicts[0].reason]
 
 
+async def test_the_conflicts_of_a_merged_customer_show_on_its_survivor_until_unmerged(
+    identity: IdentityService,
+) -> None:
+    k = identity.keys
+    [a] = await identity.resolve_batch([record(k, ("loyalty_id", "L-1"), ("email", "x@example.com"))])
+    await identity.resolve_batch([record(k, ("loyalty_id", "L-2"))])
+    [refused] = await identity.resolve_batch([record(k, ("email", "x@example.com"), ("loyalty_id", "L-2"))])
+    [survivor] = await identity.resolve_batch([record(k, ("email", "y@example.com"))])
+    merge_id = await identity.merge(survivor.customer_id, [a.customer_id], "same person")
+    on_survivor = await identity.graph(survivor.customer_id)
+    assert [row.reason for row in on_survivor.conflicts] == [refused.conflicts[0].reason]
+    assert [row.reason for row in (await identity.graph(a.customer_id)).conflicts] == [refused.conflicts[0].reason]
+    await identity.unmerge(survivor.customer_id, merge_id, "not the same person")
+    assert (await identity.graph(survivor.customer_id)).conflicts == []
+    assert len((await identity.graph(a.customer_id)).conflicts) == 1
+
+
 async def test_device_id_joins_at_most_one_known_customer(identity: IdentityService) -> None:
     k = identity.keys
     [anonymous] = await identity.resolve_batch([record(k, ("device_id", "d-7"))])

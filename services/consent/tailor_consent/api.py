@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from tailor.common.v1.common_pb2 import ItemError, PageResponse
@@ -55,8 +56,11 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
         check.identifier("customer_id", request.customer_id)
         page_size, after = check.sequence_page(request.page)
         check.done()
-        entries = await self.service.history(request.customer_id, after, page_size)
-        next_token = str(entries[-1][0]) if len(entries) == page_size else ""
+        # One more than a page: a token only when another entry follows (none after an exactly full
+        # last page).
+        entries = await self.service.history(request.customer_id, after, page_size + 1)
+        more, entries = len(entries) > page_size, entries[:page_size]
+        next_token = str(entries[-1][0]) if more else ""
         return pb.ConsentHistoryResponse(
             entries=[audit_entry(sequence, cause, record) for sequence, cause, record in entries],
             page=PageResponse(next_page_token=next_token),
@@ -67,18 +71,23 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
     ) -> pb.ImportConsentsResponse:
         response = pb.ImportConsentsResponse()
         batch: list[ConsentRecord] = []
-        now = datetime.now(UTC)
         async for item in request_iterator:
+            # Each record's own "now" (when it arrived): a stream may run for minutes, and a record
+            # stamped after the stream began is not in the future.
+            now = datetime.now(UTC)
             index = response.received
             response.received += 1
             check = Validator(prefix="record.")
-            recorded_at = item.recorded_at.ToDatetime(tzinfo=UTC) if item.HasField("recorded_at") else now
-            record = self._record(check, item.record, recorded_at)
-            if recorded_at > now:
-                check.fail("recorded_at", "lies in the future")
-            if not check.ok:
+            record = self._record(check, item.record, now)
+            # recorded_at sits beside the record, not in it: its violations are named without the prefix.
+            when = Validator()
+            recorded_at = _recorded_at(when, item, now)
+            if recorded_at is not None:
+                record = replace(record, updated_at=recorded_at)
+            if not (check.ok and when.ok):
                 response.errors.extend(
-                    ItemError(index=index, field=v.field, description=v.description) for v in check.violations
+                    ItemError(index=index, field=v.field, description=v.description)
+                    for v in [*check.violations, *when.violations]
                 )
                 continue
             batch.append(record)
@@ -103,9 +112,9 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
         check.one_of("purpose", request.purpose, self.registry.purposes)
         check.one_of("channel", request.channel, self.registry.channels, optional=True)
         if check.required("source", request.source):
-            check.max_length("source", request.source, 200)
+            _text(check, "source", request.source, 200)
         check.one_of("legal_basis", request.legal_basis, self.registry.legal_bases, optional=True)
-        check.max_length("policy_version", request.policy_version, 64)
+        _text(check, "policy_version", request.policy_version, 64)
         check.identifier("request_id", request.request_id, max_length=200)
         return ConsentRecord(
             customer_id=request.customer_id,
@@ -118,6 +127,28 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
             updated_at=at,
             request_id=request.request_id,
         )
+
+
+def _text(check: Validator, field: str, value: str, limit: int) -> None:
+    """Bounded text the database can hold: PostgreSQL text refuses U+0000."""
+    check.max_length(field, value, limit)
+    if "\x00" in value:
+        check.fail(field, "must not contain NUL characters")
+
+
+def _recorded_at(check: Validator, item: pb.ImportConsentsRequest, now: datetime) -> datetime | None:
+    """When an imported record was recorded (None: not given, or not a usable time)."""
+    if not item.HasField("recorded_at"):
+        return None
+    try:
+        recorded_at = item.recorded_at.ToDatetime(tzinfo=UTC)
+    except ValueError:  # seconds or nanos outside what a Timestamp may hold
+        check.fail("recorded_at", "is not a valid timestamp (0001-01-01 to 9999-12-31, nanos 0 to 999999999)")
+        return None
+    if recorded_at > now:
+        check.fail("recorded_at", "lies in the future")
+        return None
+    return recorded_at
 
 
 def to_proto(record: ConsentRecord) -> pb.Consent:

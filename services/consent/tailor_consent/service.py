@@ -15,7 +15,7 @@ from tailor_platform.errors import AlreadyExists
 from tailor_consent import events
 from tailor_consent.domain.cache import ConsentCache, Records, Redirect
 from tailor_consent.domain.model import Cause, ConsentRecord, Decision, Key
-from tailor_consent.domain.rules import decide, merge_consents
+from tailor_consent.domain.rules import decide, merge_consents, supersedes
 from tailor_consent.domain.unmerges import (
     Reverted,
     inherited_withdrawals,
@@ -72,7 +72,7 @@ class ConsentService:
             latest: dict[tuple[str, str, str], ConsentRecord] = {}
             for record in fresh:
                 key = (record.customer_id, record.purpose, record.channel)
-                if key not in latest or latest[key].updated_at <= record.updated_at:
+                if supersedes(record, latest.get(key)):
                     latest[key] = record
             changed = set(await self.store.upsert_current(session, list(latest.values())))
             applied = [record for key, record in latest.items() if key in changed]
@@ -110,7 +110,9 @@ class ConsentService:
         """Fold the absorbed customers' consents into the survivor, in the caller's transaction
         (the identity.merged consumer's, which also records the message as processed). A merge
         identity has already reversed (its identity.unmerged came first) is not applied."""
-        survivor_id, absorbed_ids, merge_id = merge.survivor_id, merge.absorbed_ids, merge.merge_id
+        survivor_id, merge_id = merge.survivor_id, merge.merge_id
+        # Each once: a repeated id would make one statement write its alias twice (and fail for good).
+        absorbed_ids = list(dict.fromkeys(merge.absorbed_ids))
         if await self.store.is_reversed(session, merge_id):
             return []
         everything = await self.store.records_of(session, [survivor_id, *absorbed_ids])
@@ -118,8 +120,16 @@ class ConsentService:
         absorbed = [record for record in everything if record.customer_id != survivor_id]
         now = datetime.now(UTC)
         changes = [
-            # Now, not the original time: the combination is what the survivor holds from now on.
-            replace(taken, customer_id=survivor_id, updated_at=now, request_id=merge_request_id(merge_id, taken))
+            # A withdrawal taken over is dated now: it outranks every grant the merged customers hold
+            # (a withdrawal anywhere wins). A grant keeps its own time: dated now it would outrank a
+            # later withdrawal of the other key that applies (the purpose-wide one for a channel, a
+            # channel's for the purpose-wide) and allow what someone had since withdrawn.
+            replace(
+                taken,
+                customer_id=survivor_id,
+                updated_at=taken.updated_at if taken.granted else now,
+                request_id=merge_request_id(merge_id, taken),
+            )
             for taken in merge_consents(survivor, absorbed)
         ]
         await self.store.record_merge(session, merge_id, survivor_id, absorbed_ids, merge.merged_at)

@@ -16,9 +16,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Update,
+    and_,
     delete,
     false,
     func,
+    not_,
+    or_,
     select,
     text,
     tuple_,
@@ -230,7 +233,11 @@ class ConsentStore:
                 "updated_at": excluded.updated_at,
                 "request_id": excluded.request_id,
             },
-            where=ConsentRow.updated_at <= excluded.updated_at,
+            # rules.supersedes: the later record; on equal times a withdrawal wins.
+            where=or_(
+                ConsentRow.updated_at < excluded.updated_at,
+                and_(ConsentRow.updated_at == excluded.updated_at, or_(ConsentRow.granted, not_(excluded.granted))),
+            ),
         ).returning(ConsentRow.customer_id, ConsentRow.purpose, ConsentRow.channel)
         changed = await session.execute(statement)
         return [(row.customer_id, row.purpose, row.channel) for row in changed]

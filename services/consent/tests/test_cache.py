@@ -53,3 +53,15 @@ def test_a_merged_away_customer_is_a_redirect_dropped_like_any_entry() -> None:
     assert cache.get("absorbed") == Redirect("survivor")
     cache.invalidate("absorbed")  # the merge was reversed
     assert cache.get("absorbed") is None
+
+
+def test_a_load_that_raced_an_invalidation_is_not_cached_after_the_customer_was_evicted() -> None:
+    cache = ConsentCache(1)
+    slow = cache.ticket("c1")  # a read of c1 starts loading; the database answers slowly
+    assert cache.put("c1", {}, cache.ticket("c1"))  # another read of c1 loads and caches
+    cache.invalidate("c1")  # c1's consent changes (a grant is withdrawn)
+    assert cache.put("c1", {}, cache.ticket("c1"))  # a read loads the withdrawal
+    assert cache.put("c2", {}, cache.ticket("c2"))  # c1 is evicted to make room
+    stale = {RECORD.key: RECORD}  # what the slow read loaded before the change
+    assert not cache.put("c1", stale, slow)
+    assert cache.get("c1") is None

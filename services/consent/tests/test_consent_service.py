@@ -485,6 +485,164 @@ def test_every_change_is_published_as_consent_changed(
     assert (event.purpose, event.granted, event.cause) == ("third_party_sharing", False, "set")
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"source": "web\x00form"}, "source"),
+        ({"policy_version": "2026\x00"}, "policy_version"),
+        ({"policy_version": "v" * 65}, "policy_version"),
+        ({"source": "s" * 201}, "source"),
+    ],
+)
+def test_text_the_database_cannot_hold_is_invalid_argument_naming_the_field(
+    stub: consent_pb2_grpc.ConsentServiceStub, change: dict[str, str], field: str
+) -> None:
+    request = set_request(customer(), "marketing", "email", True, **change)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SetConsent(request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [violation.field for violation in field_violations(error.value)] == [field]
+
+    who = customer()
+    good = import_item(set_request(who, "marketing", "email", True))
+    summary = stub.ImportConsents(iter([import_item(request), good]))  # one bad record, skipped alone
+    assert (summary.received, summary.imported) == (2, 1)
+    assert [(e.index, e.field) for e in summary.errors] == [(0, f"record.{field}")]
+    assert allowed(stub, who, "marketing", "email")
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        Timestamp(seconds=253402300800),  # after 9999-12-31
+        Timestamp(seconds=-62135596801),  # before 0001-01-01
+        Timestamp(seconds=0, nanos=-1),
+        Timestamp(seconds=0, nanos=1_000_000_000),
+        Timestamp(seconds=int(time.time()) + 3600),  # in the future
+    ],
+)
+def test_an_import_recorded_at_that_is_no_usable_time_is_a_field_error_of_that_record(
+    stub: consent_pb2_grpc.ConsentServiceStub, stamp: Timestamp
+) -> None:
+    bad, who = customer(), customer()
+    item = pb.ImportConsentsRequest(record=set_request(bad, "marketing", "email", True), recorded_at=stamp)
+    summary = stub.ImportConsents(iter([item, import_item(set_request(who, "marketing", "email", True))]))
+    assert (summary.received, summary.imported) == (2, 1)
+    assert [(e.index, e.field) for e in summary.errors] == [(0, "recorded_at")]
+    assert reason(stub, bad, "marketing", "email") == "no_consent_recorded"
+    assert allowed(stub, who, "marketing", "email")
+
+
+def test_an_import_at_the_earliest_time_a_timestamp_holds_is_stored(
+    stub: consent_pb2_grpc.ConsentServiceStub,
+) -> None:
+    who = customer()
+    earliest = Timestamp(seconds=-62135596800)  # 0001-01-01
+    item = pb.ImportConsentsRequest(record=set_request(who, "marketing", "email", True), recorded_at=earliest)
+    assert stub.ImportConsents(iter([item])).imported == 1
+    [entry] = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who)).entries
+    assert entry.recorded_at == earliest
+    assert allowed(stub, who, "marketing", "email")
+
+
+def test_history_gives_no_page_token_after_an_exactly_full_last_page(
+    stub: consent_pb2_grpc.ConsentServiceStub,
+) -> None:
+    who = customer()
+    for number in range(4):
+        stub.SetConsent(set_request(who, "profiling", "", number % 2 == 0))
+    first = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who, page=PageRequest(page_size=2)))
+    second = stub.ConsentHistory(
+        pb.ConsentHistoryRequest(customer_id=who, page=PageRequest(page_size=2, page_token=first.page.next_page_token))
+    )
+    assert (len(first.entries), len(second.entries)) == (2, 2)
+    assert first.page.next_page_token and second.page.next_page_token == ""
+
+
+@pytest.mark.parametrize("token", ["²", "9223372036854775808", "-1", "abc", "1\x00"])
+def test_a_page_token_that_is_not_ours_is_invalid_argument(
+    stub: consent_pb2_grpc.ConsentServiceStub, token: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=customer(), page=PageRequest(page_token=token)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [violation.field for violation in field_violations(error.value)] == ["page.page_token"]
+
+
+def test_a_withdrawal_and_a_grant_of_the_same_moment_leave_the_withdrawal_in_any_order(
+    stub: consent_pb2_grpc.ConsentServiceStub,
+) -> None:
+    moment = datetime.now(UTC) - timedelta(days=2)
+    apart, together = customer(), customer()
+    # In two imports: the withdrawal first, then a grant of the same moment.
+    stub.ImportConsents(iter([import_item(set_request(apart, "marketing", "email", False), moment)]))
+    later = stub.ImportConsents(iter([import_item(set_request(apart, "marketing", "email", True), moment)]))
+    assert (later.imported, later.skipped) == (0, 1)
+    # In one import, in the same order.
+    summary = stub.ImportConsents(
+        iter(
+            [
+                import_item(set_request(together, "marketing", "email", False), moment),
+                import_item(set_request(together, "marketing", "email", True), moment),
+            ]
+        )
+    )
+    assert (summary.imported, summary.skipped) == (1, 1)
+    for who in (apart, together):
+        assert reason(stub, who, "marketing", "email") == "withdrawn"
+        assert len(stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who)).entries) == 2  # both audited
+
+
+def test_a_merge_never_lets_an_older_grant_outrank_a_later_withdrawal(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    survivor, absorbed = customer(), customer()
+    stub.SetConsent(set_request(absorbed, "marketing", "email", True))  # older grants
+    stub.SetConsent(set_request(absorbed, "analytics", "", True))
+    stub.SetConsent(set_request(survivor, "marketing", "", False))  # later: no marketing at all
+    stub.SetConsent(set_request(survivor, "analytics", "web", False))  # later: no analytics on the web
+    assert not allowed(stub, survivor, "marketing", "email")
+
+    deliver(platform, merged_envelope(survivor, [absorbed]), "tailor.identity.merged")
+    wait_until(lambda: reason(stub, absorbed, "marketing") == "withdrawn")  # answered through the survivor
+
+    assert reason(stub, survivor, "marketing", "email") == "withdrawn"
+    assert reason(stub, survivor, "analytics", "web") == "withdrawn"
+    assert allowed(stub, survivor, "analytics", "email")  # the grant is taken over where nothing withdrew it
+    assert allowed(stub, absorbed, "analytics", "sms")
+
+
+def test_a_record_stamped_while_a_long_import_runs_is_not_in_the_future(
+    stub: consent_pb2_grpc.ConsentServiceStub,
+) -> None:
+    first, second = customer(), customer()
+
+    def items() -> Iterator[pb.ImportConsentsRequest]:
+        yield import_item(set_request(first, "marketing", "email", True))
+        time.sleep(0.5)  # the stream goes on; the next record is stamped by the caller's clock now
+        yield import_item(set_request(second, "marketing", "email", True), datetime.now(UTC))
+
+    summary = stub.ImportConsents(items())
+    assert list(summary.errors) == []
+    assert (summary.received, summary.imported) == (2, 2)
+    assert allowed(stub, second, "marketing", "email")
+
+
+def test_a_merge_naming_an_absorbed_customer_twice_is_applied_once(
+    platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
+) -> None:
+    survivor, absorbed = customer(), customer()
+    stub.SetConsent(set_request(survivor, "marketing", "email", True))
+    stub.SetConsent(set_request(absorbed, "marketing", "email", False))
+
+    deliver(platform, merged_envelope(survivor, [absorbed, absorbed]), "tailor.identity.merged")
+
+    wait_until(lambda: reason(stub, survivor, "marketing", "email") == "withdrawn")
+    assert [e.purpose for e in entries(stub, survivor, "merge")] == ["marketing"]
+    assert stub.GetConsents(pb.GetConsentsRequest(customer_id=absorbed)).consents[0].customer_id == survivor
+
+
+# Last: it restarts the service (on another port than the module's stub).
 def test_health_follows_nats_and_data_survives_a_restart(
     platform: Platform, stub: consent_pb2_grpc.ConsentServiceStub
 ) -> None:

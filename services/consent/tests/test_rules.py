@@ -1,5 +1,5 @@
 from tailor_consent.domain.model import ConsentRecord, Reason
-from tailor_consent.domain.rules import decide, merge_consents
+from tailor_consent.domain.rules import decide, merge_consents, supersedes
 from tailor_consent.testing import record
 
 
@@ -74,3 +74,12 @@ def test_merge_of_latest_denial_among_several() -> None:
     absorbed = [record("a", "marketing", "", False, 3), record("b", "marketing", "", False, 7)]
     [taken] = merge_consents([], absorbed)
     assert taken.customer_id == "b"
+
+
+def test_the_later_record_supersedes_and_a_withdrawal_wins_a_tie_in_either_order() -> None:
+    grant, withdrawal = record("c", "marketing", "", True, 5), record("c", "marketing", "", False, 5)
+    assert supersedes(grant, None)
+    assert supersedes(record("c", "marketing", "", True, 6), withdrawal)
+    assert not supersedes(record("c", "marketing", "", False, 4), grant)
+    assert supersedes(withdrawal, grant)
+    assert not supersedes(grant, withdrawal)

@@ -33,7 +33,12 @@ class Survivor:
         self.add(
             Cause.MERGE,
             *(
-                replace(t, customer_id=self.customer_id, updated_at=MERGED_AT, request_id=merge_request_id(merge_id, t))
+                replace(
+                    t,
+                    customer_id=self.customer_id,
+                    updated_at=t.updated_at if t.granted else MERGED_AT,  # as ConsentService.merge dates them
+                    request_id=merge_request_id(merge_id, t),
+                )
                 for t in taken
             ),
         )

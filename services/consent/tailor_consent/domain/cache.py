@@ -55,9 +55,10 @@ class ConsentCache:
     def put(self, customer_id: str, entry: Entry, ticket: tuple[int, int]) -> bool:
         if ticket != self.ticket(customer_id):
             return False
-        evicted = self._entries.put(customer_id, entry)
-        if evicted is not None:
-            self._generations.pop(evicted, None)
+        # An evicted customer keeps its generation: dropping it would take the counter back to 0 and
+        # let a load that started before an invalidation of it pass as current (invalidate bounds the
+        # counters instead).
+        self._entries.put(customer_id, entry)
         return True
 
     def invalidate(self, customer_id: str) -> None:

@@ -25,6 +25,16 @@ def decide(records: Mapping[Key, ConsentRecord], purpose: str, channel: str) -> 
     return Decision(latest.granted, Reason.GRANTED if latest.granted else Reason.WITHDRAWN, latest)
 
 
+def supersedes(new: ConsentRecord, held: ConsentRecord | None) -> bool:
+    """Does `new` replace `held`, the record stored for the same customer, purpose and channel?
+    The later one decides; on equal times a withdrawal wins, as in `decide`, whichever arrived
+    first (so records of one moment give the same outcome in any order). The store's upsert says
+    the same in SQL (store.upsert_current)."""
+    if held is None or held.updated_at < new.updated_at:
+        return True
+    return held.updated_at == new.updated_at and (held.granted or not new.granted)
+
+
 def merge_consents(survivor: Iterable[ConsentRecord], absorbed: Iterable[ConsentRecord]) -> list[ConsentRecord]:
     """The records (of any merged customer) whose consent the survivor must take over.
 

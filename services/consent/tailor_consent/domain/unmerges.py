@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from tailor_consent.domain.model import Cause, ConsentRecord, Key
-from tailor_consent.domain.rules import merge_consents
+from tailor_consent.domain.rules import merge_consents, supersedes
 
 REMOVED_BY = "identity.unmerged"
 """The source of a removal."""
@@ -87,7 +87,7 @@ def replay(entries: Iterable[AuditEntry]) -> dict[Key, ConsentRecord]:
                 state.pop(record.key, None)
             else:
                 state[record.key] = record
-        elif held is None or held.updated_at <= record.updated_at:
+        elif supersedes(record, held):
             state[record.key] = record
     return state
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from tailor.consent.v1 import consent_pb2, consent_pb2_grpc
 from tailor_platform.bus.merges import identity_merged_subscription, identity_unmerged_subscription
 from tailor_platform.config import ServiceSettings
@@ -16,6 +17,9 @@ from tailor_consent.domain.cache import ConsentCache
 from tailor_consent.domain.registry import DEFAULT_CHANNELS, DEFAULT_LEGAL_BASES, DEFAULT_PURPOSES, Registry
 from tailor_consent.events import cache_listener
 from tailor_consent.service import ConsentService
+
+MAX_NAME_LENGTH = 64
+NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_NAME_LENGTH - 1}}}")
 
 
 class ConsentSettings(ServiceSettings):
@@ -28,6 +32,17 @@ class ConsentSettings(ServiceSettings):
     consent_channels: list[str] = Field(default=list(DEFAULT_CHANNELS))
     consent_legal_bases: list[str] = Field(default=list(DEFAULT_LEGAL_BASES))
     consent_cache_max_customers: int = Field(default=500_000, ge=0)
+
+    @field_validator("consent_purposes", "consent_channels", "consent_legal_bases")
+    @classmethod
+    def _names_the_store_can_hold(cls, names: list[str]) -> list[str]:
+        """Each is a key column of 64 characters: a longer name would fail every write naming it."""
+        bad = [name for name in names if not NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"{bad} must be 1-{MAX_NAME_LENGTH} characters: letters, digits, _ . -")
+        if not names:
+            raise ValueError("at least one is required")
+        return names
 
     def registry(self) -> Registry:
         return Registry.of(self.consent_purposes, self.consent_channels, self.consent_legal_bases)

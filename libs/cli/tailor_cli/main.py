@@ -5,21 +5,24 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import nats
 import typer
 from rich.console import Console
 from rich.table import Table
 from tailor_platform.bus.streams import ensure_streams
-from tailor_platform.config import PlatformSettings
+from tailor_platform.config import ConfigError, PlatformSettings, load_settings
 from tailor_platform.db import migrate as migrate_database
 from tailor_platform.service import ServiceSpec, run_service
 
 from tailor_cli import registry
 from tailor_cli.launcher import Platform, health_status
+
+SettingsT = TypeVar("SettingsT")
 
 app = typer.Typer(help="Tailor: hyper-personalization CRM platform.", no_args_is_help=True)
 console = Console()
@@ -113,6 +116,14 @@ def _status_table(platform: Platform) -> Table:
     return table
 
 
+def _settings_or_exit(load: Callable[[], SettingsT]) -> SettingsT:
+    try:
+        return load()
+    except ConfigError as error:
+        console.print(f"[red]invalid configuration: {error}[/]")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     name: Annotated[str, typer.Argument(help="The service to run, e.g. consent.", envvar="TAILOR_SERVICE")],
@@ -129,7 +140,7 @@ def migrate(
     """Apply each service's database migrations to the database its settings name (idempotent)."""
     specs = _select(",".join(names) if names else None)
     for name, spec in specs.items():
-        settings = spec.settings()
+        settings = _settings_or_exit(spec.settings)
         migrate_database(spec.migrations_dir, settings.service_database_url)
         console.print(f"migrated [bold]{name}[/]")
 
@@ -139,7 +150,7 @@ def streams() -> None:
     """Create or update every JetStream stream (idempotent)."""
 
     async def provision() -> list[str]:
-        settings = PlatformSettings()
+        settings = _settings_or_exit(lambda: load_settings(PlatformSettings))
         connection = await nats.connect(settings.nats_url)
         try:
             return await ensure_streams(connection.jetstream(), replicas=settings.nats_replicas)

@@ -91,6 +91,17 @@ def test_unknown_service_is_a_clear_error() -> None:
     assert "unknown service(s): billing" in result.stderr + result.stdout
 
 
+def test_a_bad_setting_stops_serve_and_migrate_with_one_line_naming_it() -> None:
+    served = tailor("serve", "consent", TAILOR_CONSENT_WORKERS="two")
+    assert served.returncode != 0
+    assert "TAILOR_CONSENT_WORKERS" in served.stderr
+    assert "Traceback" not in served.stderr
+    migrated = tailor("migrate", "consent", TAILOR_CONSUMER_MAX_DELIVER="0")
+    assert migrated.returncode != 0
+    assert "TAILOR_CONSUMER_MAX_DELIVER" in migrated.stdout + migrated.stderr
+    assert "Traceback" not in migrated.stdout + migrated.stderr
+
+
 async def both_workers_listening(address: str) -> None:
     """The service answers once one worker listens; the other may still be starting."""
     pool = ChannelPool(address, 2, interceptors=[])

@@ -8,11 +8,37 @@ from the server-level `TAILOR_DATABASE_URL` with the database name `tailor_<serv
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+import re
+from typing import Annotated, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, NonNegativeFloat, TypeAdapter, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class ConfigError(ValueError):
+    """The environment gives settings that cannot be used; the message names each variable."""
+
+
+def load_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """`settings_class()` read from the environment, or ConfigError naming every bad variable
+    (without its value: some are secrets), instead of pydantic's report in terms of fields."""
+    prefix = str(settings_class.model_config.get("env_prefix", ""))
+    try:
+        return settings_class()
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors():
+            message = str(problem["msg"]).removeprefix("Value error, ")
+            location = problem["loc"]
+            problems.append(f"{prefix}{str(location[0]).upper()}: {message}" if location else message)
+        raise ConfigError("; ".join(problems)) from None
+    except SettingsError as error:
+        field = re.search(r'field "([^"]+)"', str(error))
+        name = f"{prefix}{field.group(1).upper()}" if field else "a setting"
+        raise ConfigError(f"{name}: not valid JSON ({error.__cause__ or error})") from None
 
 
 def database_url_for(server_url: str, service: str) -> str:
@@ -38,7 +64,7 @@ class PlatformSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     grpc_host: str = "0.0.0.0"
-    shutdown_grace_s: float = 10.0
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
     nats_replicas: int = Field(default=1, ge=1, le=5, description="JetStream stream replicas (3 in a cluster).")
     auth_mode: str = Field(default="none", description="How callers are authenticated; only 'none' so far.")
 
@@ -49,7 +75,7 @@ class ServiceSettings(PlatformSettings):
     service_name: ClassVar[str] = ""
     default_port: ClassVar[int] = 50050
 
-    grpc_port: int = 0
+    grpc_port: int = Field(default=0, ge=0, le=65535)
     workers: int = Field(
         default=1,
         ge=1,
@@ -58,12 +84,12 @@ class ServiceSettings(PlatformSettings):
         "core per process, so a CPU-bound service uses more cores with more workers.",
     )
     service_database_url: str = ""
-    outbox_poll_interval_s: float = 0.5
-    outbox_batch_size: int = 500
-    consumer_batch_size: int = 100
-    consumer_max_deliver: int = 5
-    consumer_backoff_s: list[float] = [1.0, 5.0, 30.0, 120.0]
-    health_check_interval_s: float = 2.0
+    outbox_poll_interval_s: float = Field(default=0.5, gt=0)
+    outbox_batch_size: int = Field(default=500, ge=1)
+    consumer_batch_size: int = Field(default=100, ge=1)
+    consumer_max_deliver: int = Field(default=5, ge=1)
+    consumer_backoff_s: list[NonNegativeFloat] = [1.0, 5.0, 30.0, 120.0]
+    health_check_interval_s: float = Field(default=2.0, gt=0)
 
     @model_validator(mode="after")
     def _resolve_service_values(self) -> ServiceSettings:
@@ -71,15 +97,24 @@ class ServiceSettings(PlatformSettings):
         self.service_database_url = os.environ.get(prefix + "DATABASE_URL", self.service_database_url)
         if not self.service_database_url and self.database_url:
             self.service_database_url = database_url_for(self.database_url, self.service_name)
-        workers = os.environ.get(prefix + "WORKERS")
-        if workers:
-            self.workers = int(workers)
-        port = os.environ.get(prefix + "GRPC_PORT")
-        if port:
-            self.grpc_port = int(port)
-        elif not self.grpc_port:
+        self._override("workers", prefix + "WORKERS")
+        if not self._override("grpc_port", prefix + "GRPC_PORT") and not self.grpc_port:
             self.grpc_port = self.default_port
         return self
+
+    def _override(self, name: str, variable: str) -> bool:
+        """Set field `name` from `variable` if it is set, checked like the field itself."""
+        raw = os.environ.get(variable)
+        if not raw:
+            return False
+        field = type(self).model_fields[name]
+        try:
+            kind: Any = Annotated[(field.annotation, *field.metadata)]  # the field's type and constraints
+            value = TypeAdapter(kind).validate_python(raw)
+        except ValidationError as error:
+            raise ValueError(f"{variable}: {error.errors()[0]['msg']}") from None
+        setattr(self, name, value)
+        return True
 
     @property
     def consumer_prefix(self) -> str:

@@ -145,6 +145,8 @@ class ReadPool:
                 raise
             if lent is not None:
                 return lent
+            if self._closed:  # woken by close(): no connection will come
+                raise asyncpg.InterfaceError("the read pool is closed")
 
     async def _open(self) -> asyncpg.Connection:
         self._opened += 1
@@ -180,9 +182,13 @@ class ReadPool:
             self._idle.append(lent)
 
     async def close(self) -> None:
-        """Close the idle connections now and the ones lent out as they come back; reads after
-        this fail (the pool is done, like the process that owns it)."""
+        """Close the idle connections now and the ones lent out as they come back; reads waiting
+        for a connection and reads after this fail (the pool is done, like the process that owns it)."""
         self._closed = True
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
         idle, self._idle = self._idle, []
         self._opened -= len(idle)
         await asyncio.gather(*(connection.close() for connection in idle), return_exceptions=True)

@@ -45,7 +45,7 @@ from tailor_platform.bus.consumer import Consumer, ConsumerPolicy, Subscription
 from tailor_platform.bus.listener import Listener
 from tailor_platform.bus.outbox import Outbox
 from tailor_platform.bus.streams import ensure_streams
-from tailor_platform.config import ServiceSettings
+from tailor_platform.config import ConfigError, ServiceSettings, load_settings
 from tailor_platform.db import Database
 from tailor_platform.interceptors import WORKER_ENV, CallGuard
 
@@ -89,7 +89,8 @@ class ServiceSpec:
     build: Callable[[Runtime], Components]
 
     def settings(self) -> ServiceSettings:
-        return self.settings_class()
+        """The service's settings from the environment; ConfigError names each bad variable."""
+        return load_settings(self.settings_class)
 
 
 class ServiceProcess:
@@ -266,8 +267,12 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings | None = None) -> N
 
 
 def run_service(spec: ServiceSpec) -> None:
-    """Serve in this process, or supervise `workers` worker processes that each serve."""
-    settings = spec.settings()
+    """Serve in this process, or supervise `workers` worker processes that each serve. Settings
+    the environment gets wrong end the process at once with one line naming the variables."""
+    try:
+        settings = spec.settings()
+    except ConfigError as error:
+        raise SystemExit(f"{spec.name}: invalid configuration: {error}") from None
     if settings.workers > 1:
         raise SystemExit(supervise_workers(spec, settings.workers))
     _serve_here(spec)

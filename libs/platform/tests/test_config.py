@@ -1,5 +1,5 @@
 import pytest
-from tailor_platform.config import ServiceSettings, database_url_for
+from tailor_platform.config import ConfigError, ServiceSettings, database_url_for, load_settings
 
 
 class DemoSettings(ServiceSettings):
@@ -31,3 +31,34 @@ def test_service_specific_variables_win(monkeypatch: pytest.MonkeyPatch) -> None
 def test_lists_come_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TAILOR_CONSUMER_BACKOFF_S", "[0.5, 2]")
     assert DemoSettings().consumer_backoff_s == [0.5, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TAILOR_DEMO_WORKERS", "abc"),
+        ("TAILOR_DEMO_WORKERS", "0"),
+        ("TAILOR_DEMO_WORKERS", "500"),
+        ("TAILOR_DEMO_GRPC_PORT", "http"),
+        ("TAILOR_DEMO_GRPC_PORT", "70000"),
+        ("TAILOR_CONSUMER_MAX_DELIVER", "0"),
+        ("TAILOR_CONSUMER_BATCH_SIZE", "0"),
+        ("TAILOR_OUTBOX_BATCH_SIZE", "0"),  # the relay would query an empty batch forever
+        ("TAILOR_CONSUMER_BACKOFF_S", "1,5,30"),
+        ("TAILOR_CONSUMER_BACKOFF_S", "[-1]"),
+        ("TAILOR_SHUTDOWN_GRACE_S", "ten"),
+        ("TAILOR_SHUTDOWN_GRACE_S", "-3"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(DemoSettings)
+    assert str(raised.value).startswith(f"{variable}: ")
+
+
+def test_a_bad_secret_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAILOR_CONSUMER_BACKOFF_S", '["s3cret"]')
+    with pytest.raises(ConfigError) as raised:
+        load_settings(DemoSettings)
+    assert "s3cret" not in str(raised.value)

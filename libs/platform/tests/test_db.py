@@ -86,3 +86,23 @@ async def test_reads_share_a_bounded_pool_and_survive_failed_and_cancelled_state
     finally:
         await pool.close()
         postgres.stop()
+
+
+async def test_reads_waiting_for_a_connection_when_the_pool_closes_fail_instead_of_hanging(tmp_path: Path) -> None:
+    """A read waiting for a connection when the pool closes (the process shuts down) gets an error
+    at once; it neither waits forever nor opens a connection the closed pool would never close."""
+    postgres = EmbeddedPostgres(tmp_path)
+    pool = ReadPool(postgres.start(), 1)
+    try:
+        running = asyncio.create_task(pool.fetchrow("SELECT pg_sleep(0.3)"))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.create_task(pool.fetchrow("SELECT 1 AS n"))
+        await asyncio.sleep(0.05)
+        await pool.close()
+        with pytest.raises(asyncpg.InterfaceError):
+            await asyncio.wait_for(waiting, timeout=3)
+        await running
+        assert pool.opened == 0
+    finally:
+        await pool.close()
+        postgres.stop()

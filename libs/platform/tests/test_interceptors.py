@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
@@ -24,6 +25,10 @@ async def say(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -
         raise NotFound("no such thing")
     if request == b"bug":
         raise RuntimeError("secret internals")
+    if request == b"abandoned":  # awaits work someone else cancelled: the call itself was not
+        abandoned: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        abandoned.cancel()
+        await abandoned
     return request.upper()
 
 
@@ -77,3 +82,14 @@ async def test_authenticator_decides_and_health_stays_open(channel: grpc.aio.Cha
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
     response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]
     assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_cancellation_that_is_not_the_calls_own_is_internal_not_a_hang(channel: grpc.aio.Channel) -> None:
+    """A CancelledError from work the handler awaited (a shared load another caller cancelled) is
+    a failure of this call like any other: INTERNAL at once, not a call left unanswered until the
+    client's deadline (or for ever, without one)."""
+    say: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/test.Echo/Say")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await say(b"abandoned", metadata=AUTH, timeout=5)
+    assert error.value.code() == grpc.StatusCode.INTERNAL
+    assert await call(channel, b"still fine") == b"STILL FINE"

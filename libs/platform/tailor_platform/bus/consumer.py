@@ -28,12 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 
 from tailor_platform import telemetry
-from tailor_platform.bus.envelope import PoisonMessage
+from tailor_platform.bus.envelope import PoisonMessage, dead_letter_subject
 from tailor_platform.bus.streams import stream_for
 from tailor_platform.bus.tables import processed_message
 from tailor_platform.db import Database
 
 log = logging.getLogger(__name__)
+
+__all__ = ["BatchHandler", "Consumer", "ConsumerPolicy", "Handler", "Subscription", "dead_letter_subject"]
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 BatchHandler = Callable[[AsyncSession, list[Envelope]], Awaitable[None]]
@@ -67,10 +69,6 @@ class ConsumerPolicy:
     backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
     ack_wait_s: float = 30.0
     fetch_timeout_s: float = 1.0
-
-
-def dead_letter_subject(service: str) -> str:
-    return f"tailor.dlq.{service}"
 
 
 class Consumer:
@@ -124,6 +122,19 @@ class Consumer:
             await js.add_consumer(self.stream, wanted)
 
     async def run(self, js: JetStreamContext) -> None:
+        """Consume until stopped. A failure to declare, bind or fetch (NATS reconnecting, the
+        durable deleted under us) declares and binds again after a pause, rather than ending the
+        consumer or fetching from a durable that no longer exists."""
+        while not self._stopping:
+            try:
+                await self._declare_and_consume(js)
+            except Exception:
+                if self._stopping:
+                    return
+                log.exception("consumer %s failed; declaring it again", self.durable)
+                await asyncio.sleep(1.0)
+
+    async def _declare_and_consume(self, js: JetStreamContext) -> None:
         await self.declare(js)
         subscription = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         try:
@@ -132,17 +143,11 @@ class Consumer:
                     messages = await subscription.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout_s)
                 except TimeoutError:
                     continue
-                except Exception:
-                    if self._stopping:
-                        return
-                    log.exception("fetch from %s failed; retrying", self.durable)
-                    await asyncio.sleep(1.0)
-                    continue
                 if self.subscription.batch_handler is not None and len(messages) > 1:
-                    await self.handle_batch(js, messages)
+                    await self._guarded(self.handle_batch(js, messages))
                 else:
                     for message in messages:
-                        await self.handle(js, message)
+                        await self._guarded(self.handle(js, message))
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -150,11 +155,18 @@ class Consumer:
     def stop(self) -> None:
         self._stopping = True
 
+    async def _guarded(self, handling: Awaitable[None]) -> None:
+        """Handle messages; a failure of NATS itself (an ack, a dead-letter publish, e.g. while it
+        reconnects) must not end the consumer: what was not acknowledged comes back after the ack
+        wait and is handled (or dead-lettered) then."""
+        try:
+            await handling
+        except Exception:
+            log.exception("handling messages of %s failed; unacknowledged ones are redelivered", self.durable)
+
     async def handle(self, js: JetStreamContext, message: Msg) -> None:
         try:
-            envelope = Envelope.FromString(message.data)
-            if not envelope.id:
-                raise PoisonMessage("envelope has no id")
+            envelope = _decode(message)
         except (DecodeError, PoisonMessage) as error:
             await self._dead_letter(js, message, f"undecodable: {error}")
             return
@@ -171,17 +183,23 @@ class Consumer:
                 "messaging.operation.type": "process",
             },
         ) as span:
-            try:
-                applied = await self._apply_once(envelope)
-            except PoisonMessage as error:
-                span.set_status(Status(StatusCode.ERROR, str(error)))
-                await self._dead_letter(js, message, f"poison: {error}")
-                return
-            except Exception as error:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                await self._retry_or_dead_letter(js, message, error)
-                return
+            while True:
+                try:
+                    applied = await self._apply_once(envelope)
+                    break
+                except PoisonMessage as error:
+                    span.set_status(Status(StatusCode.ERROR, str(error)))
+                    await self._dead_letter(js, message, f"poison: {error}")
+                    return
+                except Exception as error:
+                    if await self._waited_for_database([message], error):
+                        if self._stopping:
+                            return  # unacknowledged: redelivered to whoever consumes next
+                        continue
+                    span.record_exception(error)
+                    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                    await self._retry_or_dead_letter(js, message, error)
+                    return
         if applied:
             self.handled += 1
         else:
@@ -193,10 +211,7 @@ class Consumer:
         decoded: list[tuple[Msg, Envelope]] = []
         for message in messages:
             try:
-                envelope = Envelope.FromString(message.data)
-                if not envelope.id:
-                    raise PoisonMessage("envelope has no id")
-                decoded.append((message, envelope))
+                decoded.append((message, _decode(message)))
             except (DecodeError, PoisonMessage) as error:
                 await self._dead_letter(js, message, f"undecodable: {error}")
         if not decoded:
@@ -217,12 +232,22 @@ class Consumer:
                 "messaging.operation.type": "process",
             },
         ) as span:
-            try:
-                applied = await self._apply_batch_once([envelope for _, envelope in decoded])
-            except Exception as error:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                log.warning("batch of %d from %s failed (%s); retrying one by one", len(decoded), self.durable, error)
+            failure: Exception | None = None
+            while True:
+                try:
+                    applied = await self._apply_batch_once([envelope for _, envelope in decoded])
+                    break
+                except Exception as error:
+                    if await self._waited_for_database([message for message, _ in decoded], error):
+                        if self._stopping:
+                            return  # unacknowledged: redelivered to whoever consumes next
+                        continue
+                    failure = error
+                    break
+            if failure is not None:
+                span.record_exception(failure)
+                span.set_status(Status(StatusCode.ERROR, type(failure).__name__))
+                log.warning("batch of %d from %s failed (%s); retrying one by one", len(decoded), self.durable, failure)
                 for message, _ in decoded:
                     await self.handle(js, message)
                 return
@@ -262,6 +287,25 @@ class Consumer:
             await self.subscription.handler(session, envelope)
         return True
 
+    async def _waited_for_database(self, messages: list[Msg], error: Exception) -> bool:
+        """After a failure: if the database cannot be reached, that is no fault of the messages,
+        and a retry would only use up their deliveries until they are dead-lettered. Keep them
+        (in progress, so they are not redelivered meanwhile) until the database answers again or
+        the consumer stops; True if so (handle them again), False if the database is up (the
+        handler failed: retry or dead-letter as usual). One ping per failure, none per message."""
+        if await self.db.ping():
+            return False
+        log.warning("database unreachable (%s: %s); %s waits for it", type(error).__name__, error, self.durable)
+        while not self._stopping:
+            for message in messages:
+                with contextlib.suppress(Exception):
+                    await message.in_progress()
+            if await self.db.ping():
+                log.info("database reachable again; %s goes on", self.durable)
+                return True
+            await asyncio.sleep(min(1.0, self.policy.ack_wait_s / 3))
+        return True
+
     async def _retry_or_dead_letter(self, js: JetStreamContext, message: Msg, error: Exception) -> None:
         delivered = message.metadata.num_delivered
         if delivered >= self.policy.max_deliver:
@@ -290,3 +334,17 @@ class Consumer:
         await message.ack()
         self.dead_lettered += 1
         log.error("dead-lettered a message from %s: %s", message.subject, reason)
+
+
+_ID_LENGTH: int = processed_message.c.envelope_id.type.length  # type: ignore[attr-defined]
+
+
+def _decode(message: Msg) -> Envelope:
+    """The message's envelope; PoisonMessage if its id cannot be recorded in processed_message
+    (none, too long, a NUL byte): such a message could only fail on every delivery."""
+    envelope = Envelope.FromString(message.data)
+    if not envelope.id:
+        raise PoisonMessage("envelope has no id")
+    if len(envelope.id) > _ID_LENGTH or "\x00" in envelope.id:
+        raise PoisonMessage(f"envelope id {envelope.id[:80]!r} cannot be recorded")
+    return envelope

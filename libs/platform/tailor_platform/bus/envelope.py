@@ -17,6 +17,11 @@ def subject_for(event_type: str) -> str:
     return f"tailor.{event_type}"
 
 
+def dead_letter_subject(service: str) -> str:
+    """Where a service's messages go that can never be handled (or published)."""
+    return f"tailor.dlq.{service}"
+
+
 def new_envelope(
     event_type: str,
     source: str,

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from tailor.events.v1.envelope_pb2 import Envelope
 
 from tailor_platform import telemetry
-from tailor_platform.bus.envelope import new_envelope, subject_for
+from tailor_platform.bus.envelope import dead_letter_subject, new_envelope, subject_for
 from tailor_platform.bus.publisher import AckedPublisher, Outgoing
 from tailor_platform.db import Database, driver_connection
 
@@ -128,10 +128,14 @@ class Outbox:
             if not rows:
                 return 0
             spans = [self._span(row) for row in rows] if telemetry.recording() else [None] * len(rows)
+            outgoing = [_outgoing(row, span) for row, span in zip(rows, spans, strict=True)]
+            limit = publisher.nc.max_payload
+            if any(message.size > limit for message in outgoing):
+                outgoing = [
+                    self._too_large(message, limit) if message.size > limit else message for message in outgoing
+                ]
             try:
-                await publisher.publish(
-                    [_outgoing(row, span) for row, span in zip(rows, spans, strict=True)], self.publish_timeout_s
-                )
+                await publisher.publish(outgoing, self.publish_timeout_s)
             except Exception as error:
                 for span in filter(None, spans):
                     span.set_status(Status(StatusCode.ERROR, type(error).__name__))
@@ -142,6 +146,21 @@ class Outbox:
             await driver.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
         self.published += len(rows)
         return len(rows)
+
+    def _too_large(self, message: Outgoing, limit: int) -> Outgoing:
+        """NATS refuses a message over its max_payload every time (and closes the connection when
+        the headers push it over): instead of blocking every later event for good, the event goes
+        to the dead-letter subject as its envelope without the data, with the reason."""
+        envelope = Envelope.FromString(message.payload)
+        envelope.ClearField("data")
+        reason = f"{message.size} bytes with headers exceed the NATS max_payload of {limit}"
+        log.error("outbox event %s on %s not published: %s", envelope.id, message.subject, reason)
+        headers = {
+            "Nats-Msg-Id": f"outbox:{envelope.id}",
+            "Tailor-Original-Subject": message.subject,
+            "Tailor-Reason": reason,
+        }
+        return Outgoing(dead_letter_subject(self.source), envelope.SerializeToString(), headers)
 
     @staticmethod
     def _span(row: asyncpg.Record) -> Span:

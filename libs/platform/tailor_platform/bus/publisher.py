@@ -35,6 +35,11 @@ class Outgoing:
     payload: bytes
     headers: dict[str, str]
 
+    @property
+    def size(self) -> int:
+        """Bytes the server counts against its max_payload: the payload and the header block."""
+        return len(self.payload) + sum(len(key) + len(value) + 4 for key, value in self.headers.items()) + 12
+
 
 @dataclass
 class _Batch:

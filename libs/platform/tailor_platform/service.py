@@ -37,6 +37,8 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.errors import SlowConsumerError
 from nats.js import JetStreamContext
 
 from tailor_platform import telemetry
@@ -111,6 +113,7 @@ class ServiceProcess:
             backoff_s=tuple(self.settings.consumer_backoff_s),
         )
         self.consumers = [Consumer(spec.name, s, self.db, policy) for s in self.components.subscriptions]
+        self._listening: dict[NatsSubscription, Listener] = {}
         self.health = health.aio.HealthServicer()
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
@@ -173,11 +176,16 @@ class ServiceProcess:
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, replicas=self.settings.nats_replicas)
         for listener in self.components.listeners:
-            await listener.attach(self.nc)
+            self._listening[await listener.attach(self.nc)] = listener
 
     async def _on_nats_error(self, error: Exception) -> None:
         # nats-py logs a full traceback per reconnect attempt by default; one line is enough.
         log.warning("NATS: %s: %s", type(error).__name__, error)
+        if isinstance(error, SlowConsumerError):
+            # The client dropped a message of this subscription: a listener's state missed it.
+            listener = self._listening.get(error.sub)
+            if listener is not None:
+                await listener.on_gap()
 
     async def _on_disconnected(self) -> None:
         await self._set_health(NOT_SERVING)

@@ -14,6 +14,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.errors import SlowConsumerError
 from nats.js import JetStreamContext
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,13 +25,15 @@ from tailor_cli.launcher import ensure_databases
 from tailor_cli.testing import Infra
 from tailor_platform.bus.consumer import Consumer, ConsumerPolicy, Subscription, dead_letter_subject
 from tailor_platform.bus.envelope import new_envelope, unpack
+from tailor_platform.bus.listener import Listener
 from tailor_platform.bus.outbox import Outbox
 from tailor_platform.bus.publisher import PublishFailed
 from tailor_platform.bus.streams import ensure_streams
 from tailor_platform.bus.tables import outbox as outbox_table
 from tailor_platform.bus.tables import platform_metadata
-from tailor_platform.config import database_url_for
+from tailor_platform.config import ServiceSettings, database_url_for
 from tailor_platform.db import Database
+from tailor_platform.service import Components, ServiceProcess, ServiceSpec
 
 effects_metadata = MetaData()
 effects = Table("effect", effects_metadata, Column("id", Integer, primary_key=True), Column("customer_id", String(64)))
@@ -507,3 +510,36 @@ async def test_messages_handled_while_the_database_is_down_wait_for_it_instead_o
     finally:
         await database.dispose()
         postgres.stop()
+
+
+async def test_a_listener_whose_messages_the_client_dropped_rebuilds_its_state(db: Database, infra: Infra) -> None:
+    """nats-py drops a slow subscription's messages and reports SlowConsumerError to the error
+    callback; the process must treat that like a reconnect: the listener's state missed messages."""
+    gaps: list[str] = []
+
+    async def on_gap() -> None:
+        gaps.append("gap")
+
+    async def on_message(envelope: Envelope) -> None:
+        return None
+
+    listener = Listener("tailor.test.listened", on_message, on_gap)
+    spec = ServiceSpec(
+        "listening",
+        ServiceSettings,
+        Path("."),
+        lambda runtime: Components(register=lambda server: None, service_names=[], listeners=[listener]),
+    )
+    settings = ServiceSettings(nats_url=infra.nats_url, service_database_url=str(db.engine.url.render_as_string(False)))
+    process = ServiceProcess(spec, settings)
+    await process._connect()
+    try:
+        [subscription] = process._listening
+        await process._on_nats_error(SlowConsumerError("tailor.test.listened", "", 1, subscription))
+        assert gaps == ["gap"]
+        other = await process._nats().subscribe("tailor.test.other")
+        await process._on_nats_error(SlowConsumerError("tailor.test.other", "", 2, other))
+        assert gaps == ["gap"]  # not a listener's subscription: nothing to rebuild
+    finally:
+        await process._nats().close()
+        await process.db.dispose()

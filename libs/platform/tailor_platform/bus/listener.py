@@ -2,7 +2,9 @@
 
 Unlike a durable consumer (one replica handles each message, at least once), a listener is a plain
 NATS subscription held by each process. Messages sent while a process is disconnected are missed,
-so on every reconnect `on_gap` runs and the state must be rebuilt (e.g. the cache cleared).
+and so are messages the client drops when a process falls too far behind (a slow consumer): on
+every reconnect, and on every such drop, `on_gap` runs and the state must be rebuilt (e.g. the
+cache cleared).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 from tailor.events.v1.envelope_pb2 import Envelope
 
@@ -28,8 +31,8 @@ class Listener:
     on_message: Callable[[Envelope], Awaitable[None]]
     on_gap: Callable[[], Awaitable[None]]
 
-    async def attach(self, nc: NATS) -> None:
-        await nc.subscribe(self.subject, cb=self._receive)
+    async def attach(self, nc: NATS) -> Subscription:
+        return await nc.subscribe(self.subject, cb=self._receive)
 
     async def _receive(self, message: Msg) -> None:
         try:

@@ -16,7 +16,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import SlowConsumerError
 from nats.js import JetStreamContext
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.consent_pb2 import ConsentChanged
 from tailor.events.v1.envelope_pb2 import Envelope
@@ -30,7 +30,7 @@ from tailor_platform.bus.outbox import Outbox
 from tailor_platform.bus.publisher import PublishFailed
 from tailor_platform.bus.streams import ensure_streams
 from tailor_platform.bus.tables import outbox as outbox_table
-from tailor_platform.bus.tables import platform_metadata
+from tailor_platform.bus.tables import platform_metadata, processed_message
 from tailor_platform.config import ServiceSettings, database_url_for
 from tailor_platform.db import Database
 from tailor_platform.service import Components, ServiceProcess, ServiceSpec
@@ -543,3 +543,27 @@ async def test_a_listener_whose_messages_the_client_dropped_rebuilds_its_state(d
     finally:
         await process._nats().close()
         await process.db.dispose()
+
+
+async def test_a_consumer_forgets_envelope_ids_its_stream_no_longer_keeps(db: Database) -> None:
+    """Older than the stream's max age (and a day): such a message can never come again."""
+    _, subject = unique_subject()
+    consumer = Consumer("bustest", Subscription("pruned", subject, record_effect), db)
+    other = Consumer("bustest", Subscription("kept", subject, record_effect), db)
+    old = f"{consumer.keep_s + 60} seconds"
+    async with db.transaction() as session:
+        for owner, envelope_id, age in (
+            (consumer.durable, "old-1", old),
+            (consumer.durable, "old-2", old),
+            (consumer.durable, "recent", "1 day"),
+            (other.durable, "old-of-another", old),
+        ):
+            await session.execute(
+                insert(processed_message).values(
+                    consumer=owner, envelope_id=envelope_id, processed_at=func.now() - text(f"interval '{age}'")
+                )
+            )
+    assert await consumer.prune() == 2
+    async with db.sessions() as session:
+        left = set((await session.execute(select(processed_message.c.envelope_id))).scalars())
+    assert left == {"recent", "old-of-another"}

@@ -5,7 +5,9 @@ also records the envelope id in `processed_message`; a redelivered envelope find
 is acknowledged without running the handler again, so the effect happens once. A handler that fails
 is retried with backoff up to `max_deliver` times; after that, or at once for a message that cannot
 be decoded, the message goes to `tailor.dlq.<service>` and is acknowledged, so one bad message never
-stops the consumer.
+stops the consumer. An envelope id is kept as long as its stream keeps messages (and a day more):
+only a message still in the stream can be delivered again (a durable declared anew starts from the
+stream's first message), so older ids are pruned, in slices, about once an hour.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -23,19 +26,24 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 
 from tailor_platform import telemetry
 from tailor_platform.bus.envelope import PoisonMessage, dead_letter_subject
-from tailor_platform.bus.streams import stream_for
+from tailor_platform.bus.streams import DAY_S, max_age_of, stream_for
 from tailor_platform.bus.tables import processed_message
 from tailor_platform.db import Database
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BatchHandler", "Consumer", "ConsumerPolicy", "Handler", "Subscription", "dead_letter_subject"]
+
+PRUNE_EVERY_S = 3600.0
+PRUNE_SLICE = 10_000
+"""processed_message rows deleted per statement (a short transaction, however many are due)."""
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 BatchHandler = Callable[[AsyncSession, list[Envelope]], Awaitable[None]]
@@ -86,6 +94,8 @@ class Consumer:
         self.handled = 0
         self.duplicates = 0
         self.dead_lettered = 0
+        self.keep_s = max_age_of(self.stream) + DAY_S
+        self._next_prune = 0.0
         self._stopping = False
 
     def config(self) -> ConsumerConfig:
@@ -139,6 +149,9 @@ class Consumer:
         subscription = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         try:
             while not self._stopping:
+                if time.monotonic() >= self._next_prune:
+                    self._next_prune = time.monotonic() + PRUNE_EVERY_S
+                    await self._guarded(self.prune())
                 try:
                     messages = await subscription.fetch(self.policy.batch_size, timeout=self.policy.fetch_timeout_s)
                 except TimeoutError:
@@ -155,7 +168,28 @@ class Consumer:
     def stop(self) -> None:
         self._stopping = True
 
-    async def _guarded(self, handling: Awaitable[None]) -> None:
+    async def prune(self) -> int:
+        """Forget the envelope ids of this consumer older than `keep_s`; returns how many."""
+        pruned = 0
+        while not self._stopping:
+            async with self.db.transaction() as session:
+                deleted = await session.execute(
+                    text(
+                        "DELETE FROM processed_message WHERE ctid IN (SELECT ctid FROM processed_message "
+                        "WHERE consumer = :consumer AND processed_at < now() - make_interval(secs => :keep) "
+                        "LIMIT :slice)"
+                    ),
+                    {"consumer": self.durable, "keep": self.keep_s, "slice": PRUNE_SLICE},
+                )
+            count: int = deleted.rowcount  # type: ignore[attr-defined]
+            pruned += count
+            if count < PRUNE_SLICE:
+                break
+        if pruned:
+            log.info("forgot %d processed envelope ids of %s", pruned, self.durable)
+        return pruned
+
+    async def _guarded(self, handling: Awaitable[object]) -> None:
         """Handle messages; a failure of NATS itself (an ack, a dead-letter publish, e.g. while it
         reconnects) must not end the consumer: what was not acknowledged comes back after the ack
         wait and is handled (or dead-lettered) then."""

@@ -52,6 +52,11 @@ def stream_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
     )
 
 
+def max_age_of(stream: str) -> float:
+    """How long `stream` keeps a message (seconds): after that it can never be delivered again."""
+    return next(spec.max_age_s for spec in STREAMS if spec.name == stream)
+
+
 def stream_for(subject: str) -> str:
     """The stream that captures `subject` (every tailor subject has one)."""
     for spec in STREAMS:

@@ -9,7 +9,13 @@ UV := $(shell command -v uv 2>/dev/null || echo tools/uv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: setup proto run test lint format bench helm helm-render image clean
+.PHONY: help setup proto run test lint format bench helm helm-render image clean
+
+# A bare `make` lists the targets (it used to build tools/uv/bin/uv, the first rule in the file).
+.DEFAULT_GOAL := help
+
+help:  ## this list of targets
+	@awk -F ':.*## ' '/^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
 
 tools/uv/bin/uv:
 	$(PYTHON) -m venv tools/uv
@@ -41,7 +47,7 @@ lint: setup helm  ## ruff, mypy, buf, helm
 	cd protos && ../$(BIN)/buf lint
 	tools/bin/helm lint deploy/helm/tailor --strict
 
-format: setup
+format: setup  ## ruff: fix what it can and format
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
@@ -63,5 +69,5 @@ SERVICE ?= consent
 image:  ## container image of one service: make image SERVICE=consent (needs a Docker engine)
 	docker build -f docker/Dockerfile --build-arg SERVICE=$(SERVICE) -t tailor-$(SERVICE) .
 
-clean:
+clean:  ## remove the virtual env, generated code, tools/ and caches
 	rm -rf $(VENV) libs/proto/src tools .mypy_cache .ruff_cache .pytest_cache

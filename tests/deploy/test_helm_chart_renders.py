@@ -149,3 +149,52 @@ def test_each_service_is_told_where_its_callees_are(full_manifests: Any) -> None
         "TAILOR_SEGMENTATION_ADDRESS": "tailor-segmentation:50051",
     }
     assert not [key for key in full_manifests.one("ConfigMap", "tailor-consent")["data"] if key.endswith("_ADDRESS")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        pytest.param(
+            {
+                "default.autoscaling.targetCPUUtilizationPercentage": "0",
+                "default.autoscaling.targetMemoryUtilizationPercentage": "0",
+            },
+            "services.consent.autoscaling: targetCPUUtilizationPercentage and targetMemoryUtilizationPercentage "
+            "are both 0",
+            id="no-metric",
+        ),
+        pytest.param(
+            {"services.consent.autoscaling.minReplicas": "5", "services.consent.autoscaling.maxReplicas": "3"},
+            "services.consent.autoscaling: minReplicas (5) is above maxReplicas (3)",
+            id="min-above-max",
+        ),
+    ],
+)
+def test_autoscaler_values_kubernetes_would_silently_change_or_reject_fail_the_render(
+    helm_template: Any, overrides: dict[str, str], message: str
+) -> None:
+    # Without metrics the HPA rendered `metrics: null`, which the API server turns into 80% CPU
+    # although the values say "0 disables it"; min above max was rendered for the API to refuse.
+    result = helm_template(set_values={"default.autoscaling.enabled": "true", **overrides})
+    assert result.returncode != 0, "rendered"
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("variable", ["TAILOR_GRPC_PORT", "TAILOR_CONSENT_GRPC_PORT"])
+def test_a_grpc_port_in_env_fails_the_render(helm_template: Any, variable: str) -> None:
+    # The port in env moved the server off 50051, where the probes, the Service's target port and
+    # the NetworkPolicies still pointed: pods never became ready and were restarted.
+    result = helm_template(set_values={f"services.consent.env.{variable}": "50056"})
+    assert result.returncode != 0, "rendered"
+    assert f"services.consent.env.{variable}: the container always listens on 50051" in result.stderr, result.stderr
+
+
+def test_services_provision_streams_with_the_replicas_of_the_streams_job(helm_template: Any) -> None:
+    # Each service runs ensure_streams when it starts, updating every stream to its own
+    # TAILOR_NATS_REPLICAS: without it (default 1) the first pod scaled the R3 streams the job
+    # created on a clustered JetStream down to one replica.
+    manifests = helm_template(set_values={"streams.replicas": "3", "services.identity.enabled": "true"}).manifests
+    job = manifests.one("Job", "tailor-streams")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "TAILOR_NATS_REPLICAS", "value": "3"} in job["env"]
+    for service in ("consent", "identity"):
+        assert manifests.one("ConfigMap", f"tailor-{service}")["data"]["TAILOR_NATS_REPLICAS"] == "3", service

@@ -78,12 +78,23 @@ def test_services_have_native_grpc_startup_readiness_and_liveness_probes(manifes
     for name, deployment in deployments.items():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}], name
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe"):
             assert container[probe]["grpc"] == {"port": 50051}, f"{name} {probe}"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["periodSeconds"] >= 1, f"{name} {probe}"
         startup = container["startupProbe"]
         # The startup probe holds liveness back for a generous boot window.
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, name
+
+
+def test_liveness_does_not_follow_the_database_and_nats(manifests: Any) -> None:
+    """grpc.health.v1 is NOT_SERVING while PostgreSQL or NATS is unreachable (service.py): as a
+    liveness probe it restarted every pod of every service during a database failover, and again
+    (startup probe) until the database was back. Liveness is the gRPC port accepting connections."""
+    for name, deployment in manifests.kind("Deployment").items():
+        liveness = deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+        assert "grpc" not in liveness, name
+        assert liveness["tcpSocket"] == {"port": 50051}, name
 
 
 def test_service_containers_serve_their_service_on_the_cluster_grpc_port(full_manifests: Any) -> None:
@@ -150,7 +161,7 @@ def test_pods_roll_when_their_config_changes(helm_template: Any, default_manifes
     before = annotations(default_manifests)
     after_config = annotations(helm_template(set_values={"services.consent.logLevel": "DEBUG"}).manifests)
     after_secret = annotations(
-        helm_template(set_values={"services.consent.database.url": "postgresql://h/db"}).manifests
+        helm_template(set_values={"services.consent.database.url": "postgresql+asyncpg://h/db"}).manifests
     )
     assert after_config["checksum/config"] != before["checksum/config"]
     assert after_secret["checksum/secret"] != before["checksum/secret"]

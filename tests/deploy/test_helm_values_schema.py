@@ -96,6 +96,29 @@ BAD_VALUES = [
         ["default.env", "CONSENT_DATABASE_URL"],
         id="secret-in-plain-env",
     ),
+    # Identity's keys (and the old ones during a rotation) would be plain text in the ConfigMap.
+    pytest.param(
+        {"set_values": {"services.identity.env.TAILOR_IDENTITY_ENCRYPTION_KEY": "c2VjcmV0"}},
+        ["services.identity.env", "TAILOR_IDENTITY_ENCRYPTION_KEY"],
+        id="identity-key-in-plain-env",
+    ),
+    pytest.param(
+        {"set_json": {"services.identity.env.TAILOR_IDENTITY_OLD_BLIND_INDEX_KEYS": '{"1": "c2VjcmV0"}'}},
+        ["services.identity.env", "TAILOR_IDENTITY_OLD_BLIND_INDEX_KEYS"],
+        id="old-identity-keys-in-plain-env",
+    ),
+    # The services open the URL with SQLAlchemy's asyncpg dialect: postgresql:// loads psycopg2
+    # (not installed) and postgres:// no dialect at all, so the migration job failed at install.
+    pytest.param(
+        {"set_values": {"services.consent.database.url": "postgresql://u:p@db:5432/tailor_consent"}},
+        ["services.consent.database.url", "Does not match pattern"],
+        id="database-url-without-asyncpg",
+    ),
+    pytest.param(
+        {"set_values": {"services.consent.database.url": "postgres://u:p@db:5432/tailor_consent"}},
+        ["services.consent.database.url", "Does not match pattern"],
+        id="database-url-postgres-scheme",
+    ),
     pytest.param(
         {"set_json": {"services.consent.secretEnv.TAILOR_EXTRA_KEY": {"secretName": "keys"}}},
         ["services.consent.secretEnv.TAILOR_EXTRA_KEY", "key is required"],
@@ -144,6 +167,10 @@ def test_bad_values_are_rejected_with_a_clear_message(
             {"set_values": {"nats.url": "nats://nats:4222", "nats.existingSecret": ""}}, id="nats-url-instead-of-secret"
         ),
         pytest.param({"set_values": {"services.consent.replicas": "0"}}, id="zero-replicas"),
+        pytest.param(
+            {"set_values": {"services.identity.env.TAILOR_IDENTITY_ENCRYPTION_KEY_ID": "2"}},
+            id="identity-key-id-in-env",
+        ),
     ],
 )
 def test_good_values_are_accepted(helm_template: Any, overrides: dict[str, Any]) -> None:

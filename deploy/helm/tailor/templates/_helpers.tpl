@@ -234,12 +234,17 @@ knows (namespace, version), as sorted key=value pairs. Argument: (dict "root" $ 
 {{- end }}
 {{- end -}}
 
-{{/* ConfigMap data of a service (also hashed into the pod annotations). Argument: (dict "root" $ "svc" $svc) */}}
+{{/*
+ConfigMap data of a service (also hashed into the pod annotations). Argument: (dict "root" $ "svc" $svc)
+TAILOR_NATS_REPLICAS: every service brings the streams to its own settings when it starts
+(ensure_streams), so it must hold the same replica count as the streams job.
+*/}}
 {{- define "tailor.configData" -}}
 {{- $svc := .svc -}}
 {{- $telemetry := $svc.telemetry | default dict -}}
 {{- $data := dict
   "TAILOR_GRPC_PORT" (include "tailor.grpcPort" .)
+  "TAILOR_NATS_REPLICAS" (toString .root.Values.streams.replicas)
   "TAILOR_LOG_LEVEL" $svc.logLevel
   "TAILOR_LOG_FORMAT" $svc.logFormat
   "TAILOR_OTLP_ENDPOINT" .root.Values.telemetry.otlpEndpoint
@@ -252,6 +257,10 @@ knows (namespace, version), as sorted key=value pairs. Argument: (dict "root" $ 
 {{- $_ := set $data (printf "TAILOR_%s_ADDRESS" (upper $callee)) (printf "%s:%v" $calleeService.fullname $calleeService.service.port) -}}
 {{- end -}}
 {{- range $key, $value := $svc.env -}}
+{{- /* Probes, the Service and the NetworkPolicies all use the one container port. */ -}}
+{{- if has $key (list "TAILOR_GRPC_PORT" (printf "TAILOR_%s_GRPC_PORT" (upper $svc.name))) -}}
+{{- fail (printf "services.%s.env.%s: the container always listens on %s (probes, Service and NetworkPolicies use it); set services.%s.service.port for another Service port" $svc.name $key (include "tailor.grpcPort" $) $svc.name) -}}
+{{- end -}}
 {{- $_ := set $data $key (toString $value) -}}
 {{- end -}}
 {{- range $key := keys $data | sortAlpha }}

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import asyncpg
 import orjson
@@ -280,9 +281,19 @@ def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
 
 
 def driver_url(url: str) -> str:
-    """The asyncpg form of a SQLAlchemy URL (postgresql+asyncpg://... -> postgresql://...)."""
+    """The asyncpg form of a SQLAlchemy URL (postgresql+asyncpg://... -> postgresql://...). The TLS
+    setting SQLAlchemy's asyncpg dialect reads as `ssl=` is `sslmode=` in an asyncpg DSN (which
+    would pass an unknown `ssl` on to the server as a setting, and the server refuses it)."""
     scheme, sep, rest = url.partition("://")
-    return f"postgresql://{rest}" if sep and scheme.startswith("postgresql") else url
+    if not (sep and scheme.startswith("postgresql")):
+        return url
+    where, mark, query = rest.partition("?")
+    if mark:
+        pairs = [
+            ("sslmode" if name == "ssl" else name, value) for name, value in parse_qsl(query, keep_blank_values=True)
+        ]
+        query = urlencode(pairs)
+    return f"postgresql://{where}{mark}{query}"
 
 
 def alembic_config(migrations_dir: Path, url: str) -> Config:

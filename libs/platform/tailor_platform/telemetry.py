@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -41,15 +42,20 @@ def setup_telemetry(
     setup_logging(log_level, log_format)
     if _provider is not None or not otlp_endpoint:
         return _provider
-    # Resource.create also reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (set by the Helm chart).
-    resource = Resource.create({SERVICE_NAME: f"tailor-{service_name}"})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource_for(service_name))
     provider.add_span_processor(
         BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=_is_plaintext(otlp_endpoint)))
     )
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
+
+
+def resource_for(service_name: str) -> Resource:
+    """The service's resource: OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (the Helm chart sets
+    both) over our default name. Resource.create reads them, but the attributes it is given win over
+    them, so the default is given only when OTEL_SERVICE_NAME is not set."""
+    return Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or f"tailor-{service_name}"})
 
 
 def shutdown_telemetry() -> None:

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from tailor_cli.embedded import EmbeddedPostgres
-from tailor_platform.db import Database, ReadPool, driver_connection, sqlstate
+from tailor_cli.testing import Infra
+from tailor_platform.db import Database, ReadPool, driver_connection, driver_url, sqlstate
 
 
 async def test_a_database_restart_costs_no_caller_an_error(tmp_path: Path) -> None:
@@ -106,3 +107,20 @@ async def test_reads_waiting_for_a_connection_when_the_pool_closes_fail_instead_
     finally:
         await pool.close()
         postgres.stop()
+
+
+async def test_the_tls_setting_of_a_database_url_reaches_the_read_pool_as_asyncpg_reads_it(infra: Infra) -> None:
+    """`?ssl=prefer` is what SQLAlchemy's asyncpg dialect reads; asyncpg's own DSN calls it sslmode
+    (an `ssl` it would send to the server as a setting, which PostgreSQL refuses)."""
+    assert driver_url("postgresql+asyncpg://u:p@db/t?ssl=require&application_name=x") == (
+        "postgresql://u:p@db/t?sslmode=require&application_name=x"
+    )
+    url = infra.server_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    database = Database(url + ("&" if "?" in url else "?") + "ssl=prefer")
+    try:
+        row = await database.read_row("SELECT 5 AS n")  # the read pool: asyncpg with the driver URL
+        assert row is not None and row["n"] == 5
+        async with database.transaction() as session:  # SQLAlchemy with the URL as given
+            assert (await session.execute(text("SELECT 6"))).scalar_one() == 6
+    finally:
+        await database.dispose()

@@ -1,9 +1,11 @@
 import json
 import logging
 
+import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME
 from opentelemetry.sdk.trace import TracerProvider
-from tailor_platform.telemetry import JsonLogFormatter, extract_context, inject_headers
+from tailor_platform.telemetry import JsonLogFormatter, extract_context, inject_headers, resource_for
 
 provider = TracerProvider()
 tracer = provider.get_tracer("test")
@@ -28,3 +30,12 @@ def test_trace_context_round_trips_through_message_headers() -> None:
     remote = trace.get_current_span(extract_context(headers)).get_span_context()
     assert remote.span_id == span.get_span_context().span_id
     assert remote.is_remote
+
+
+def test_the_service_name_of_the_environment_wins_over_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    assert resource_for("consent").attributes[SERVICE_NAME] == "tailor-consent"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "shop-consent")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging")
+    attributes = resource_for("consent").attributes
+    assert (attributes[SERVICE_NAME], attributes["deployment.environment"]) == ("shop-consent", "staging")

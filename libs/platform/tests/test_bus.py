@@ -567,3 +567,31 @@ async def test_a_consumer_forgets_envelope_ids_its_stream_no_longer_keeps(db: Da
     async with db.sessions() as session:
         left = set((await session.execute(select(processed_message.c.envelope_id))).scalars())
     assert left == {"recent", "old-of-another"}
+
+
+async def test_a_message_that_outlived_every_delivery_is_dead_lettered_not_dropped(db: Database, nc: NATS) -> None:
+    """Each delivery ended without an outcome (the process handling it died): after max_deliver of
+    them the server would deliver it once more and then drop it; the consumer dead-letters it."""
+    event_type, subject = unique_subject()
+    service = f"bustest{uuid.uuid4().hex[:6]}"
+    js = nc.jetstream()
+    envelope = new_envelope(event_type, "bus-test", changed("crashing"), customer_id="crashing")
+    await js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+    calls = 0
+
+    async def handler(session: AsyncSession, envelope: Envelope) -> None:
+        nonlocal calls
+        calls += 1
+
+    policy = ConsumerPolicy(max_deliver=2, ack_wait_s=1.0)
+    consumer = Consumer(service, Subscription("crashing", subject, handler), db, policy)
+    await consumer.declare(js)
+    dying = await js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
+    for _ in range(policy.max_deliver):  # taken, never acknowledged: as by a process that died
+        [taken] = await dying.fetch(1, timeout=5)
+        assert taken.metadata.num_delivered <= policy.max_deliver
+    await dying.unsubscribe()
+    await run_until(consumer, js, condition=lambda: consumer.dead_lettered == 1)
+    assert calls == 0
+    [(letter, headers)] = await read_dead_letters(js, dead_letter_subject(service), expected=1)
+    assert letter.id == envelope.id and "without being handled" in headers["Tailor-Reason"]

@@ -199,6 +199,8 @@ class Consumer:
             log.exception("handling messages of %s failed; unacknowledged ones are redelivered", self.durable)
 
     async def handle(self, js: JetStreamContext, message: Msg) -> None:
+        if await self._dead_lettered_if_exhausted(js, message):
+            return
         try:
             envelope = _decode(message)
         except (DecodeError, PoisonMessage) as error:
@@ -244,6 +246,8 @@ class Consumer:
         assert self.subscription.batch_handler is not None
         decoded: list[tuple[Msg, Envelope]] = []
         for message in messages:
+            if await self._dead_lettered_if_exhausted(js, message):
+                continue
             try:
                 decoded.append((message, _decode(message)))
             except (DecodeError, PoisonMessage) as error:
@@ -338,6 +342,16 @@ class Consumer:
                 log.info("database reachable again; %s goes on", self.durable)
                 return True
             await asyncio.sleep(min(1.0, self.policy.ack_wait_s / 3))
+        return True
+
+    async def _dead_lettered_if_exhausted(self, js: JetStreamContext, message: Msg) -> bool:
+        """A message delivered more often than max_deliver never got an outcome from us: the process
+        handling it died (out of memory, killed) or it outlasted the ack wait, every time. The server
+        gives it one delivery more than our limit and then drops it silently; dead-letter it now."""
+        delivered = message.metadata.num_delivered
+        if delivered <= self.policy.max_deliver:
+            return False
+        await self._dead_letter(js, message, f"delivered {delivered} times without being handled")
         return True
 
     async def _retry_or_dead_letter(self, js: JetStreamContext, message: Msg, error: Exception) -> None:

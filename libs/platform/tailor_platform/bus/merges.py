@@ -15,6 +15,7 @@ from tailor.events.v1.identity_pb2 import IdentityMerged, IdentityUnmerged
 
 from tailor_platform.bus.consumer import Subscription
 from tailor_platform.bus.envelope import PoisonMessage, unpack
+from tailor_platform.validation import Validator
 
 IDENTITY_MERGED_SUBJECT = "tailor.identity.merged"
 IDENTITY_UNMERGED_SUBJECT = "tailor.identity.unmerged"
@@ -47,14 +48,33 @@ FoldMany = Callable[[AsyncSession, list[Merge]], Awaitable[object]]
 
 
 def merge_of(envelope: Envelope) -> Merge:
-    """The merge an envelope announces; a message without a survivor or without another customer
-    to absorb can never be applied (PoisonMessage: it is dead-lettered)."""
+    """The merge an envelope announces (each absorbed customer once); a message that can never be
+    applied raises PoisonMessage, so it is dead-lettered at once instead of failing every retry:
+    one without a survivor or another customer to absorb, with ids no customer can have, or with a
+    time no datetime holds."""
     merged = unpack(envelope, IdentityMerged)
-    absorbed = [customer for customer in merged.absorbed_ids if customer and customer != merged.survivor_id]
+    absorbed = list(dict.fromkeys(c for c in merged.absorbed_ids if c and c != merged.survivor_id))
     if not merged.survivor_id or not absorbed:
         raise PoisonMessage("identity.merged needs a survivor_id and at least one other absorbed id")
-    merged_at = merged.merged_at.ToDatetime(tzinfo=UTC) if merged.HasField("merged_at") else None
+    _check_ids("identity.merged", [merged.survivor_id, *absorbed, merged.merge_id])
+    merged_at = None
+    if merged.HasField("merged_at"):
+        try:
+            merged_at = merged.merged_at.ToDatetime(tzinfo=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise PoisonMessage("identity.merged has a merged_at out of range") from None
     return Merge(merged.survivor_id, absorbed, merged.merge_id or envelope.id, merged_at)
+
+
+def _check_ids(contract: str, ids: list[str]) -> None:
+    """Ids the consumers' tables can hold (validation.MAX_ID_LENGTH, the customer id pattern);
+    an empty merge id is allowed (the envelope id stands in)."""
+    check = Validator()
+    for position, value in enumerate(ids):
+        if value:
+            check.identifier(f"id[{position}]", value)
+    if not check.ok:
+        raise PoisonMessage(f"{contract} names an id no customer can have")
 
 
 def identity_merged_subscription(fold: Fold) -> Subscription:
@@ -80,9 +100,10 @@ def identity_merges_subscription(fold_many: FoldMany) -> Subscription:
 def unmerge_of(envelope: Envelope) -> Unmerge:
     """The unmerge an envelope announces (PoisonMessage when it names no customer to restore)."""
     unmerged = unpack(envelope, IdentityUnmerged)
-    restored = [customer for customer in unmerged.restored_ids if customer and customer != unmerged.customer_id]
+    restored = list(dict.fromkeys(c for c in unmerged.restored_ids if c and c != unmerged.customer_id))
     if not unmerged.customer_id or not restored:
         raise PoisonMessage("identity.unmerged needs a customer_id and at least one other restored id")
+    _check_ids("identity.unmerged", [unmerged.customer_id, *restored, unmerged.merge_id, unmerged.unmerge_id])
     return Unmerge(unmerged.customer_id, restored, unmerged.merge_id, unmerged.unmerge_id or envelope.id)
 
 

@@ -109,6 +109,7 @@ merge_log = Table(
     _created(),
     Index("ix_merge_log_survivor_id", "survivor_id"),
     Index("ix_merge_log_absorbed_ids", "absorbed_ids", postgresql_using="gin"),
+    Index("ix_merge_log_unmerge_created_at", "created_at", postgresql_where=text("kind = 'unmerge'")),
 )
 
 conflict = Table(

@@ -301,16 +301,24 @@ def _store_session(w: _Writer, at: datetime, orders: list[tuple[datetime, pb.Eve
     orders.append((at, sale))
 
 
-def _after_purchase(w: _Writer, at: datetime, order: pb.Event, end: datetime) -> None:
+def _after_purchase(w: _Writer, at: datetime, order: pb.Event, end: datetime, points: list[int]) -> None:
+    """`points`: [earned, redeemed] so far over the person's purchases, taken in time order."""
     p, rng = w.person, w.rng
     total = sum(item.quantity * item.unit_price_minor for item in order.purchase.items)
     ids = {"loyalty_id": p.loyalty_id} if p.loyalty_id else {}
     if ids:
         earned = w.event("loyalty_earned", at + timedelta(seconds=5), order.channel, **ids)
         earned.loyalty.points, earned.loyalty.reason = max(1, total // 100), "purchase"
+        points[0] += earned.loyalty.points
         if rng.random() < 0.08:
-            redeemed = w.event("loyalty_redeemed", at + timedelta(days=rng.randint(1, 60)), "pos", **ids)
-            redeemed.loyalty.points, redeemed.loyalty.reason = rng.choice((100, 250, 500)), "voucher"
+            when = at + timedelta(days=rng.randint(1, 60))
+            voucher = rng.choice((100, 250, 500))
+            # Only points earned by this purchase or before it: every redemption comes after its
+            # purchase, so the balance never goes below zero whatever order they fall in.
+            if points[1] + voucher <= points[0]:
+                points[1] += voucher
+                redeemed = w.event("loyalty_redeemed", when, "pos", **ids)
+                redeemed.loyalty.points, redeemed.loyalty.reason = voucher, "voucher"
     if rng.random() < 0.09:
         when = at + timedelta(days=rng.randint(2, 25))
         if when < end:
@@ -352,12 +360,17 @@ def person_events(person: Person, config: DemoConfig) -> list[pb.Event]:
             _online_session(writer, at, orders)
         else:
             _store_session(writer, at, orders)
+        if orders and orders[-1][0] > stop:
+            # A session that began just before the churn (or the end) ends without its purchase:
+            # a churned person buys nothing after churning, and every counted order is an event.
+            writer.events.remove(orders.pop()[1])
         if rng.random() < 0.1:
             message = writer.event("message_opened", at - timedelta(hours=2), "email", email=person.emails[0])
             message.message.campaign_id = f"c-{at:%Y%m}"
         at += timedelta(seconds=rng.expovariate(rate_per_s))
+    points = [0, 0]
     for when, order in orders:
-        _after_purchase(writer, when, order, config.end)
+        _after_purchase(writer, when, order, config.end, points)
     person.orders = len(orders)
     events = [e for e in writer.events if e.timestamp.ToDatetime(UTC) <= config.end]
     person.events = len(events)

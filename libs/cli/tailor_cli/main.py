@@ -98,8 +98,12 @@ def _load_demo(platform: Platform, people: int) -> None:
     """Generate (once per data directory) and ingest a demo population, then show how to look."""
     from tailor_profile.demo.cli import load_demo  # only where the profile service is installed
 
-    for line in load_demo(platform.address("profile"), people, out=platform.data_dir / "demo"):
-        console.print(line)
+    try:
+        for line in load_demo(platform.address("profile"), people, out=platform.data_dir / "demo"):
+            console.print(line)
+    except SystemExit:
+        # Its error is printed already; the platform is up and stays up (the next start loads again).
+        console.print("[yellow]the demo population was not loaded; the platform runs without it[/]")
 
 
 def _status_table(platform: Platform) -> Table:

@@ -229,3 +229,18 @@ def test_down_stops_what_a_killed_launcher_left_running_without_starting_anythin
         assert not postgres.is_running()
         again = tailor("down", "--data-dir", str(tmp_path))
         assert again.returncode == 0 and "nothing was running" in again.stdout
+
+
+def test_a_demo_load_that_fails_leaves_the_platform_up(tmp_path: Path) -> None:
+    """`tailor up` loads the demo into the running platform; if profile cannot take it, the error
+    is reported and the platform keeps running (before, the SystemExit of the load stopped it)."""
+    from tailor_cli.main import _load_demo
+
+    class Unreachable:
+        data_dir = tmp_path
+
+        def address(self, service: str) -> str:
+            return f"127.0.0.1:{free_port()}"  # nothing listens there
+
+    _load_demo(Unreachable(), people=3)  # type: ignore[arg-type]
+    assert not (tmp_path / "demo" / "loaded").exists()

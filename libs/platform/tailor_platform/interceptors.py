@@ -83,6 +83,16 @@ def _code_of(error: Exception, context: Context) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _failure(error: asyncio.CancelledError | Exception, context: Context) -> tuple[grpc.StatusCode, bool]:
+    """The status a failed call ends with, and whether the error must propagate as it is: the
+    call's own cancellation, or an abort that already answered it. Anything else is answered by
+    `abort_with`."""
+    if isinstance(error, asyncio.CancelledError):
+        own = _cancelling()
+        return (grpc.StatusCode.CANCELLED if own else grpc.StatusCode.INTERNAL), own
+    return _code_of(error, context), isinstance(error, grpc.aio.AbortError)
+
+
 def _cancelling() -> bool:
     """Whether the call itself is being cancelled (the client went away, or its deadline passed);
     a CancelledError otherwise comes from something the handler awaited that someone else
@@ -140,15 +150,9 @@ class CallGuard(grpc.aio.ServerInterceptor):
                         if call.worker_header is not None:
                             await context.send_initial_metadata(call.worker_header)
                         return await behaviour(request, context)
-                except asyncio.CancelledError as error:
-                    code = grpc.StatusCode.CANCELLED
-                    if _cancelling():
-                        raise
-                    code = grpc.StatusCode.INTERNAL
-                    await abort_with(context, error)
-                except Exception as error:
-                    code = _code_of(error, context)
-                    if isinstance(error, grpc.aio.AbortError):
+                except (asyncio.CancelledError, Exception) as error:
+                    code, propagate = _failure(error, context)
+                    if propagate:
                         raise
                     await abort_with(context, error)
                 finally:
@@ -165,15 +169,9 @@ class CallGuard(grpc.aio.ServerInterceptor):
                         call.authenticate(context)
                         async for response in behaviour(request, context):
                             yield response
-                except asyncio.CancelledError as error:
-                    code = grpc.StatusCode.CANCELLED
-                    if _cancelling():
-                        raise
-                    code = grpc.StatusCode.INTERNAL
-                    await abort_with(context, error)
-                except Exception as error:
-                    code = _code_of(error, context)
-                    if isinstance(error, grpc.aio.AbortError):
+                except (asyncio.CancelledError, Exception) as error:
+                    code, propagate = _failure(error, context)
+                    if propagate:
                         raise
                     await abort_with(context, error)
                 finally:

@@ -15,6 +15,16 @@ TEST_KEYS = {1: bytes(range(32)), 2: bytes(range(1, 33))}
 BLIND_KEY = bytes(range(2, 34))
 
 
+ANN = {  # one person's attributes, as a record carries them
+    "given_name": "Ann",
+    "surname": "Lee",
+    "date_of_birth": "1980-01-02",
+    "address": "1 Main St",
+    "postcode": "2000",
+    "city": "Sydney",
+}
+
+
 def keyring(active: int = 1) -> Keyring:
     return Keyring(dict(TEST_KEYS), active, BLIND_KEY)
 

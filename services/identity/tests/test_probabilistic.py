@@ -20,7 +20,7 @@ from tailor_identity.service import IdentityService
 from tailor_platform.db import Database
 from tailor_platform.errors import FailedPrecondition
 
-from .conftest import BLIND_KEY, keyring
+from .conftest import ANN, BLIND_KEY, keyring
 
 
 def febrl4(part: str) -> dict[str, dict[str, str]]:
@@ -216,16 +216,6 @@ async def test_find_candidates_during_a_blind_index_rotation_searches_the_old_bl
     assert again.customer_id == second.customer_id
     candidates, _ = await during.find_candidates(second.customer_id, 0, 100)
     assert {(row.customer_id, row.other_customer_id) for row in candidates} == {(second.customer_id, first.customer_id)}
-
-
-ANN = {
-    "given_name": "Ann",
-    "surname": "Lee",
-    "date_of_birth": "1980-01-02",
-    "address": "1 Main St",
-    "postcode": "2000",
-    "city": "Sydney",
-}
 
 
 async def test_two_records_of_a_batch_that_join_one_customer_leave_one_candidate(

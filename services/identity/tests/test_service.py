@@ -21,7 +21,7 @@ from tailor_platform.db import Database
 from tailor_platform.errors import FailedPrecondition
 
 from . import conftest
-from .conftest import keyring
+from .conftest import ANN, keyring
 
 WORKERS = int(os.environ.get("IDENTITY_TEST_WORKERS", "12"))
 
@@ -165,14 +165,7 @@ async def test_concurrent_overlapping_resolves_never_split_a_key(identity: Ident
 
 async def test_unmerge_restores_exactly_the_state_before_the_merge(identity: IdentityService) -> None:
     k = identity.keys
-    person = {
-        "given_name": "Ann",
-        "surname": "Lee",
-        "date_of_birth": "1980-01-02",
-        "address": "1 Main St",
-        "postcode": "2000",
-        "city": "Sydney",
-    }
+    person = ANN
     [a] = await identity.resolve_batch([record(k, ("email", "a@example.com"), ("device_id", "d-a"), person=person)])
     [b] = await identity.resolve_batch([record(k, ("phone", "+14155550111"), ("loyalty_id", "L-b"))])
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor_platform.bus.outbox import Outbox
@@ -670,7 +671,7 @@ class IdentityService:
         result: tuple[str, list[str]] = await self._with_retries(work)
         return result
 
-    async def _give_back(self, session: AsyncSession, entry: Any, survivor: str) -> dict[str, Any]:
+    async def _give_back(self, session: AsyncSession, entry: Row[Any], survivor: str) -> dict[str, Any]:
         """Move what a merge moved back to its absorbed customers; what was moved, by customer.
 
         The rows are with the survivor, or with whoever absorbed the survivor since (a into b, then

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from datetime import UTC, datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from tailor.common.v1.common_pb2 import PageRequest
 
 from tailor_platform.errors import FieldViolation, InvalidArgument
@@ -48,6 +50,22 @@ class Validator:
     def max_length(self, field: str, value: str, limit: int) -> None:
         if len(value) > limit:
             self.fail(field, f"must be at most {limit} characters (got {len(value)})")
+
+    def text(self, field: str, value: str, limit: int) -> None:
+        """Bounded text the database can hold: PostgreSQL text and JSONB refuse U+0000 (one such
+        value would fail the whole transaction that stores it)."""
+        self.max_length(field, value, limit)
+        if "\x00" in value:
+            self.fail(field, "must not contain NUL characters")
+
+    def timestamp(self, field: str, stamp: Timestamp) -> datetime | None:
+        """The timestamp as an aware UTC datetime; None and a violation of `field` when its seconds
+        or nanos lie outside what a datetime holds (0001-01-01 to 9999-12-31)."""
+        try:
+            return stamp.ToDatetime(tzinfo=UTC)
+        except (OverflowError, OSError, ValueError):
+            self.fail(field, "is not a valid timestamp (0001-01-01 to 9999-12-31, nanos 0 to 999999999)")
+            return None
 
     def one_of(self, field: str, value: str, allowed: Collection[str], *, optional: bool = False) -> None:
         if optional and not value:

@@ -51,3 +51,15 @@ def test_a_sequence_page_token_we_never_made_is_a_field_violation() -> None:
     check = Validator()
     assert check.sequence_page(PageRequest(page_size=10, page_token=str(2**63 - 1))) == (10, 2**63 - 1)
     assert check.ok
+
+
+def test_text_and_timestamps_the_database_cannot_hold_are_field_violations() -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    check = Validator()
+    check.text("name", "a\x00b", 10)
+    check.text("long", "x" * 11, 10)
+    check.text("fine", "x" * 10, 10)
+    assert check.timestamp("at", Timestamp(seconds=2**62)) is None
+    assert check.timestamp("ok", Timestamp(seconds=86_400)) is not None
+    assert [v.field for v in check.violations] == ["name", "long", "at"]

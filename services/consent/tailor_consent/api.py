@@ -112,9 +112,9 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
         check.one_of("purpose", request.purpose, self.registry.purposes)
         check.one_of("channel", request.channel, self.registry.channels, optional=True)
         if check.required("source", request.source):
-            _text(check, "source", request.source, 200)
+            check.text("source", request.source, 200)
         check.one_of("legal_basis", request.legal_basis, self.registry.legal_bases, optional=True)
-        _text(check, "policy_version", request.policy_version, 64)
+        check.text("policy_version", request.policy_version, 64)
         check.identifier("request_id", request.request_id, max_length=200)
         return ConsentRecord(
             customer_id=request.customer_id,
@@ -129,21 +129,12 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
         )
 
 
-def _text(check: Validator, field: str, value: str, limit: int) -> None:
-    """Bounded text the database can hold: PostgreSQL text refuses U+0000."""
-    check.max_length(field, value, limit)
-    if "\x00" in value:
-        check.fail(field, "must not contain NUL characters")
-
-
 def _recorded_at(check: Validator, item: pb.ImportConsentsRequest, now: datetime) -> datetime | None:
     """When an imported record was recorded (None: not given, or not a usable time)."""
     if not item.HasField("recorded_at"):
         return None
-    try:
-        recorded_at = item.recorded_at.ToDatetime(tzinfo=UTC)
-    except ValueError:  # seconds or nanos outside what a Timestamp may hold
-        check.fail("recorded_at", "is not a valid timestamp (0001-01-01 to 9999-12-31, nanos 0 to 999999999)")
+    recorded_at = check.timestamp("recorded_at", item.recorded_at)
+    if recorded_at is None:
         return None
     if recorded_at > now:
         check.fail("recorded_at", "lies in the future")

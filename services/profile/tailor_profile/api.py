@@ -21,7 +21,7 @@ from tailor_platform.validation import Validator
 
 from tailor_profile.clients import ConsentClient, ServiceUnavailable
 from tailor_profile.domain.traits import Traits
-from tailor_profile.intake import MAX_BATCH, check_text
+from tailor_profile.intake import MAX_BATCH
 from tailor_profile.service import ProfileService, ProfileView, Status
 from tailor_profile.store import AttributeValue
 
@@ -110,11 +110,11 @@ class ProfileApi(profile_pb2_grpc.ProfileServiceServicer):
                 update.name.startswith(PREFERENCE_PREFIX) and len(update.name) > len(PREFERENCE_PREFIX)
             ):
                 check.fail(f"{where}.name", f"unknown attribute {update.name[:64]!r}; use preference.<key> for others")
-            check_text(check, f"{where}.name", update.name, 128)
-            check_text(check, f"{where}.value", update.value, 1000)
+            check.text(f"{where}.name", update.name, 128)
+            check.text(f"{where}.value", update.value, 1000)
             if check.required(f"{where}.source", update.source):
-                check_text(check, f"{where}.source", update.source, 200)
-            at = _moment(check, f"{where}.updated_at", update.updated_at) if update.HasField("updated_at") else now
+                check.text(f"{where}.source", update.source, 200)
+            at = check.timestamp(f"{where}.updated_at", update.updated_at) if update.HasField("updated_at") else now
             if at is None:
                 at = now  # reported above
             elif at > now:
@@ -136,9 +136,9 @@ class ProfileApi(profile_pb2_grpc.ProfileServiceServicer):
             if before is None:
                 check.fail("page.page_token", "is not a token this API returned")
         for position, kind in enumerate(request.types):
-            check_text(check, f"types[{position}]", kind, 128)
-        since = _moment(check, "since", request.since) if request.HasField("since") else None
-        until = _moment(check, "until", request.until) if request.HasField("until") else None
+            check.text(f"types[{position}]", kind, 128)
+        since = check.timestamp("since", request.since) if request.HasField("since") else None
+        until = check.timestamp("until", request.until) if request.HasField("until") else None
         if since and until and since >= until:
             check.fail("until", "must be after since")
         check.done()
@@ -213,16 +213,6 @@ def _parse_token(token: str) -> tuple[datetime, str] | None:
     except (OverflowError, OSError, ValueError):
         return None
     return moment, event_id
-
-
-def _moment(check: Validator, field: str, stamp: Timestamp) -> datetime | None:
-    """A request's timestamp as a datetime, or a violation of `field` when it is not a valid one
-    (seconds or nanos out of range)."""
-    try:
-        return stamp.ToDatetime(tzinfo=UTC)
-    except (OverflowError, OSError, ValueError):
-        check.fail(field, "is not a valid timestamp")
-        return None
 
 
 def _epoch(seconds: int | None) -> Timestamp | None:

@@ -110,9 +110,7 @@ class ConsentService:
         """Fold the absorbed customers' consents into the survivor, in the caller's transaction
         (the identity.merged consumer's, which also records the message as processed). A merge
         identity has already reversed (its identity.unmerged came first) is not applied."""
-        survivor_id, merge_id = merge.survivor_id, merge.merge_id
-        # Each once: a repeated id would make one statement write its alias twice (and fail for good).
-        absorbed_ids = list(dict.fromkeys(merge.absorbed_ids))
+        survivor_id, absorbed_ids, merge_id = merge.survivor_id, merge.absorbed_ids, merge.merge_id
         if await self.store.is_reversed(session, merge_id):
             return []
         everything = await self.store.records_of(session, [survivor_id, *absorbed_ids])

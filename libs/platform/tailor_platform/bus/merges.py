@@ -25,6 +25,7 @@ IDENTITY_UNMERGED_SUBJECT = "tailor.identity.unmerged"
 class Merge:
     survivor_id: str
     absorbed_ids: list[str]
+    """Each once, none the survivor."""
     merge_id: str
     merged_at: datetime | None = None
     """When identity merged them (None: the message does not say)."""

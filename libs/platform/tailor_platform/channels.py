@@ -37,6 +37,8 @@ SPREAD_ATTEMPTS = 32
 """Connections tried per pool slot at most (each lands on a crowded worker with odds about 1/2)."""
 PROBE_TIMEOUT_S = 2.0
 CONNECTION_ARG = "tailor.connection"
+MAX_RECONNECT_BACKOFF_MS = 2000
+"""The longest wait between attempts to reach a service that is down."""
 _connections = itertools.count()
 RETRY_SPREAD_AFTER_S = 30.0
 """When the server could not be asked (down, or not yet up), spreading is tried again this much later."""
@@ -56,7 +58,10 @@ class ChannelPool:
         self.address = address
         self.size = size
         self._interceptors = list(interceptors) if interceptors is not None else telemetry.client_interceptors()
-        self._options = [*options, ("grpc.use_local_subchannel_pool", 1)] if size > 1 else list(options)
+        # gRPC waits up to 120 s between reconnect attempts by default, and a call on a channel that
+        # is waiting fails at once: a service that came back would stay unreachable that long.
+        reconnect = [("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
+        self._options = [*reconnect, *options] + ([("grpc.use_local_subchannel_pool", 1)] if size > 1 else [])
         self._channels: list[grpc.aio.Channel] = []
         self._turn = itertools.cycle(range(size))
         self._spreading: asyncio.Future[bool] | None = None

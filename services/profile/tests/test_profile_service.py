@@ -532,30 +532,6 @@ def test_the_demo_population_lands_on_its_people_with_exact_traits(stub: Stub) -
         assert_traits_equal(actual, json_format.MessageToDict(_struct(recomputed_traits(stored, now))))
 
 
-def test_while_identity_is_down_events_are_kept_and_land_when_it_returns(platform: Platform, stub: Stub) -> None:
-    who = email()
-    events = [make_event("order_completed", ago(days=d), email=who, purchase=purchase(item())) for d in (1, 2, 3)]
-    port = platform.running["identity"].port
-    platform.stop_service("identity")
-    try:
-        response = ingest(stub, events)
-        assert [r.status for r in response.results] == [pb.EVENT_STATUS_QUEUED] * 3
-        assert ingest(stub, events[:1]).results[0].status == pb.EVENT_STATUS_QUEUED
-    finally:
-        platform.free_ports, platform.ports["identity"] = False, port
-        platform.wait_serving(platform.start_service("identity"))
-        platform.free_ports = True
-
-    def landed() -> bool:
-        try:
-            return bool(by_email(stub, who).traits.orders == 3)
-        except grpc.RpcError:
-            return False
-
-    wait_until(landed, timeout_s=30)
-    assert ingest(stub, events).duplicates == 3
-
-
 # -- hardening: bad input is a per-event rejection or INVALID_ARGUMENT naming the field, never INTERNAL
 
 
@@ -705,3 +681,28 @@ def test_a_repeat_of_an_event_identity_rejected_is_rejected_too(stub: Stub) -> N
     assert [r.status for r in response.results] == [pb.EVENT_STATUS_REJECTED] * 2
     assert response.results[0].field == response.results[1].field != ""
     assert response.results[0].reason == response.results[1].reason != ""
+
+
+# Last: it stops and restarts identity, which the tests above need running.
+def test_while_identity_is_down_events_are_kept_and_land_when_it_returns(platform: Platform, stub: Stub) -> None:
+    who = email()
+    events = [make_event("order_completed", ago(days=d), email=who, purchase=purchase(item())) for d in (1, 2, 3)]
+    port = platform.running["identity"].port
+    platform.stop_service("identity")
+    try:
+        response = ingest(stub, events)
+        assert [r.status for r in response.results] == [pb.EVENT_STATUS_QUEUED] * 3
+        assert ingest(stub, events[:1]).results[0].status == pb.EVENT_STATUS_QUEUED
+    finally:
+        platform.free_ports, platform.ports["identity"] = False, port
+        platform.wait_serving(platform.start_service("identity"))
+        platform.free_ports = True
+
+    def landed() -> bool:
+        try:
+            return bool(by_email(stub, who).traits.orders == 3)
+        except grpc.RpcError:
+            return False
+
+    wait_until(landed, timeout_s=30)
+    assert ingest(stub, events).duplicates == 3

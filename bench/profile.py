@@ -157,7 +157,7 @@ def unification(url: str, linkable: set[str], report: Reporter) -> dict[str, flo
     """Ground truth against where the events landed (merges folded in): the share of people whose
     events all sit on one profile, of all and of those whose identifiers connect (the most any
     resolver can join; demo/truth.py)."""
-    query = "SELECT event_id, customer_id FROM event WHERE event_id LIKE 'person-%'"
+    query = "SELECT event_id, customer_id FROM customer_event WHERE event_id LIKE 'person-%'"
     profiles_of: dict[str, set[str]] = {}
     for row in asyncio.run(_fetch(url, query)):
         profiles_of.setdefault(person_of(row["event_id"]), set()).add(row["customer_id"])

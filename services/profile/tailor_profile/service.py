@@ -54,7 +54,7 @@ from tailor_profile.domain.unmerges import (
     event_moves,
 )
 from tailor_profile.intake import Candidate, Intake, Rejection, identity_records, resolve_key, resolve_request
-from tailor_profile.store import AttributeValue, EventRow, ProfileStore, SavedState, StoredEvent
+from tailor_profile.store import AttributeValue, EventRow, HeldEvent, ProfileStore, SavedState, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +302,9 @@ class ProfileService:
     async def merge_many(self, session: AsyncSession, merges: Sequence[Merge]) -> None:
         """Fold absorbed customers into their survivors, exactly as if all their events had been
         ingested under the survivor (trait states are commutative, so combining them is exact).
-        A batch of merges is one round of set-based statements, whatever its size. A merge that
-        identity has reversed already (its unmerge was consumed first) is not applied."""
+        Their events stay where they are stored: the alias makes them the survivor's. A batch of
+        merges is one round of set-based statements, whatever its size. A merge that identity has
+        reversed already (its unmerge was consumed first) is not applied."""
         reversed_ids = await self.store.reversed_merges(session, [merge.merge_id for merge in merges])
         if reversed_ids:
             log.info("skipping %d merge(s) identity has reversed since", len(reversed_ids))
@@ -327,7 +328,6 @@ class ProfileService:
                 if customer in states:
                     merged = combine(merged, states.pop(customer), self.settings)
             states[survivor] = merged
-        await self.store.move_timelines(session, plan.final)
         await self.store.move_attributes(
             session, {(absorbed, None): survivor for absorbed, survivor in plan.final.items()}
         )
@@ -357,7 +357,7 @@ class ProfileService:
         involved = sorted({unmerge.customer_id, *unmerge.restored_ids})
         await self.store.lock_customers(session, involved)
         stored = await self._events_of(session, involved)
-        carried = [StoredEventIds(event_id, customer, _identifier_keys(event)) for event_id, customer, event in stored]
+        carried = [StoredEventIds(held.event_id, held.customer_id, _identifier_keys(event)) for held, event in stored]
         owner_of = await self.identity.owners(key for event in carried for key in event.identifiers)
         moves = event_moves(carried, owner_of)
         aliases = await self.store.aliases_involving(session, involved)
@@ -367,14 +367,24 @@ class ProfileService:
         returns = attribute_returns(origins, active_of)
         gaining = sorted({*moves.values(), *returns.values()} - set(involved))
         await self.store.lock_customers(session, gaining)  # customers that gain events or attributes
-        await self.store.move_events(session, moves)
+        gained = await self._events_of(session, gaining)
+        # Every event of these customers is stored under its owner from now on: the aliases
+        # that made events held by absorbed customers theirs change below.
+        await self.store.move_events(
+            session,
+            {
+                held.event_id: owner
+                for held, _ in [*stored, *gained]
+                if (owner := moves.get(held.event_id, held.customer_id)) != held.holder_id
+            },
+        )
         await self.store.repoint_aliases(session, point, drop)
         attributes = await self._attribute_values(session, [*involved, *gaining])
         await self.store.move_attributes(session, returns)
         changed = attribute_changes(attributes, await self._attribute_values(session, [*involved, *gaining]))
         timelines: dict[str, list[pb.Event]] = {customer: [] for customer in [*involved, *gaining]}
-        for event_id, customer, event in [*stored, *await self._events_of(session, gaining)]:
-            timelines[moves.get(event_id, customer)].append(event)
+        for held, event in [*stored, *gained]:
+            timelines[moves.get(held.event_id, held.customer_id)].append(event)
         await self._rebuild(session, timelines, "unmerge", changed)
         log.info(
             "separated %s from %s: %d event(s) moved, attributes of %d origin(s) returned, %d alias(es) "
@@ -391,13 +401,10 @@ class ProfileService:
         found = await self.store.attributes_of(session, customers)
         return {customer: {name: a.value for name, a in values.items()} for customer, values in found.items()}
 
-    async def _events_of(self, session: AsyncSession, customers: Sequence[str]) -> list[tuple[str, str, pb.Event]]:
+    async def _events_of(self, session: AsyncSession, customers: Sequence[str]) -> list[tuple[HeldEvent, pb.Event]]:
         if not customers:
             return []
-        return [
-            (event_id, customer, pb.Event.FromString(payload))
-            for event_id, customer, payload in await self.store.events_of(session, customers)
-        ]
+        return [(held, pb.Event.FromString(held.payload)) for held in await self.store.events_of(session, customers)]
 
     async def _rebuild(
         self,

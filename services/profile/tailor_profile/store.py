@@ -37,14 +37,17 @@ event = Table(
     "event",
     metadata,
     Column("event_id", String(128), primary_key=True),
-    Column("customer_id", String(128), nullable=False),
+    # The customer the event was stored under. Merges do not move events: a customer's events are
+    # those it holds and those held by the customers merged into it (customer_alias; the view
+    # customer_event gives each event's customer). Only an unmerge moves events, by id.
+    Column("holder_id", String(128), nullable=False),
     Column("type", String(128), nullable=False),
     Column("channel", String(32), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # The event exactly as received (tailor.profile.v1.Event), for ListEvents and replays.
     Column("payload", LargeBinary, nullable=False),
-    Index("ix_event_customer_timeline", "customer_id", "occurred_at", "event_id"),
+    Index("ix_event_holder_timeline", "holder_id", "occurred_at", "event_id"),
 )
 
 profile_state = Table(
@@ -83,9 +86,10 @@ CURRENT_ATTRIBUTES = (
 customer_alias = Table(
     "customer_alias",
     metadata,
-    # A customer identity merged into another: events that still arrive for it go to the survivor.
+    # A customer identity merged into another: the events it holds are the survivor's, and events
+    # that still arrive for it go to the survivor. Always the final survivor (never a chain).
     Column("absorbed_id", String(128), primary_key=True),
-    Column("survivor_id", String(128), nullable=False),
+    Column("survivor_id", String(128), nullable=False, index=True),
     Column("merge_id", String(128), nullable=False),
     Column("merged_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
@@ -111,6 +115,10 @@ pending_event = Table(
 )
 
 
+HOLDERS = "SELECT unnest({customers}) UNION SELECT absorbed_id FROM customer_alias WHERE survivor_id = ANY({customers})"
+"""The customers holding the events of `customers` (a text[] expression): themselves and those merged into them."""
+
+
 def _lock_key(column: str) -> str:
     """The advisory lock key of a customer id (one expression for every statement that locks)."""
     return f"hashtextextended({column}, 7)"
@@ -131,6 +139,15 @@ class EventRow(NamedTuple):
     channel: str
     occurred_at_s: int
     """Epoch seconds; the database makes the timestamp (cheaper than a datetime per event)."""
+    payload: bytes
+
+
+class HeldEvent(NamedTuple):
+    event_id: str
+    customer_id: str
+    """The customer it belongs to now."""
+    holder_id: str
+    """The customer it is stored under (the same, or one merged into it)."""
     payload: bytes
 
 
@@ -193,7 +210,7 @@ class ProfileStore:
             return set()
         driver = await driver_connection(session)
         inserted = await driver.fetch(
-            "INSERT INTO event (event_id, customer_id, type, channel, occurred_at, payload) "
+            "INSERT INTO event (event_id, holder_id, type, channel, occurred_at, payload) "
             "SELECT e, c, t, ch, to_timestamp(o), p FROM "
             "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[]) AS x(e, c, t, ch, o, p) "
             "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
@@ -261,16 +278,6 @@ class ProfileStore:
         driver = await driver_connection(session)
         await driver.execute("DELETE FROM profile_state WHERE customer_id = ANY($1::text[])", list(customer_ids))
 
-    async def move_timelines(self, session: AsyncSession, final: Mapping[str, str]) -> None:
-        """Move each absorbed customer's events to the customer it ended in."""
-        driver = await driver_connection(session)
-        await driver.execute(
-            "UPDATE event e SET customer_id = m.survivor FROM unnest($1::text[], $2::text[]) AS m(absorbed, survivor) "
-            "WHERE e.customer_id = m.absorbed",
-            list(final),
-            list(final.values()),
-        )
-
     async def add_aliases(
         self, session: AsyncSession, final: Mapping[str, str], merge_ids: Mapping[str, str], survivors: Sequence[str]
     ) -> None:
@@ -297,21 +304,25 @@ class ProfileStore:
 
     # -- unmerges -----------------------------------------------------------------------------
 
-    async def events_of(self, session: AsyncSession, customer_ids: Sequence[str]) -> list[tuple[str, str, bytes]]:
-        """(event id, customer id, payload) of every event of these customers."""
+    async def events_of(self, session: AsyncSession, customer_ids: Sequence[str]) -> list[HeldEvent]:
+        """Every event of these customers (held by them or by customers merged into them)."""
         driver = await driver_connection(session)
         rows = await driver.fetch(
-            "SELECT event_id, customer_id, payload FROM event WHERE customer_id = ANY($1::text[])", list(customer_ids)
+            "SELECT e.event_id, coalesce(a.survivor_id, e.holder_id), e.holder_id, e.payload FROM event e "
+            "LEFT JOIN customer_alias a ON a.absorbed_id = e.holder_id "
+            f"WHERE e.holder_id IN ({HOLDERS.format(customers='$1::text[]')}) "
+            "AND coalesce(a.survivor_id, e.holder_id) = ANY($1::text[])",
+            list(customer_ids),
         )
-        return [(row[0], row[1], bytes(row[2])) for row in rows]
+        return [HeldEvent(row[0], row[1], row[2], bytes(row[3])) for row in rows]
 
     async def move_events(self, session: AsyncSession, moves: Mapping[str, str]) -> None:
-        """Put each event (by id) on its new customer."""
+        """Give each event (by id) to the customer that holds it from now on."""
         if not moves:
             return
         driver = await driver_connection(session)
         await driver.execute(
-            "UPDATE event e SET customer_id = m.customer FROM unnest($1::text[], $2::text[]) AS m(id, customer) "
+            "UPDATE event e SET holder_id = m.customer FROM unnest($1::text[], $2::text[]) AS m(id, customer) "
             "WHERE e.event_id = m.id",
             list(moves),
             list(moves.values()),
@@ -464,9 +475,10 @@ class ProfileStore:
         before: tuple[datetime, str] | None,
         limit: int,
     ) -> list[StoredEvent]:
-        """Newest first; `before` is the (occurred_at, event_id) of the last event of the previous page."""
-        clauses = ["customer_id = :c"]
-        params: dict[str, object] = {"c": customer_id, "limit": limit}
+        """Newest first; `before` is the (occurred_at, event_id) of the last event of the previous page.
+        `customer_id` is a survivor (not merged away): its events are held by it and by those merged into it."""
+        clauses = [f"holder_id IN ({HOLDERS.format(customers='CAST(:c AS text[])')})"]
+        params: dict[str, object] = {"c": [customer_id], "limit": limit}
         if types:
             clauses.append("type = ANY(:types)")
             params["types"] = list(types)
@@ -481,18 +493,13 @@ class ProfileStore:
             params["before_at"], params["before_id"] = before
         rows = await session.execute(
             text(
-                "SELECT customer_id, occurred_at, received_at, payload, event_id FROM event WHERE "
+                "SELECT occurred_at, received_at, payload, event_id FROM event WHERE "
                 + " AND ".join(clauses)
                 + " ORDER BY occurred_at DESC, event_id DESC LIMIT :limit"
             ),
             params,
         )
-        return [StoredEvent(r.customer_id, r.occurred_at, r.received_at, r.payload, r.event_id) for r in rows]
-
-    async def timeline_payloads(self, session: AsyncSession, customer_id: str) -> list[bytes]:
-        """Every event of a customer (for checks that recompute traits from scratch)."""
-        rows = await session.execute(text("SELECT payload FROM event WHERE customer_id = :c"), {"c": customer_id})
-        return [bytes(row.payload) for row in rows]
+        return [StoredEvent(customer_id, r.occurred_at, r.received_at, r.payload, r.event_id) for r in rows]
 
     # -- events waiting for identity ----------------------------------------------------------
 

@@ -72,7 +72,7 @@ async def seed(profile: ProfileService, timelines: dict[str, list[Any]], now: da
 
 async def snapshot(profile: ProfileService, now: int) -> dict[str, Any]:
     async with profile.db.sessions() as session:
-        events = (await session.execute(text("SELECT event_id, customer_id FROM event ORDER BY 1"))).all()
+        events = (await session.execute(text("SELECT event_id, customer_id FROM customer_event ORDER BY 1"))).all()
         aliases = (
             await session.execute(text("SELECT absorbed_id, survivor_id, merge_id FROM customer_alias ORDER BY 1"))
         ).all()
@@ -132,3 +132,41 @@ async def test_a_merge_identity_reversed_before_it_was_consumed_is_not_applied(
     after = await snapshot(profile, int(now.timestamp()))
     assert after["aliases"] == [("b", "c", "m3")]
     assert {customer for _, customer in after["events"]} == set(CUSTOMERS) - {"b"}
+
+
+async def test_merges_leave_events_where_they_are_stored_and_the_survivor_reads_them_all(
+    databases: tuple[Database, Database],
+) -> None:
+    """No event row is rewritten by a merge (chains included): the aliases make the absorbed
+    customers' events the survivor's, in its paged timeline and in what an unmerge reads."""
+    rng = random.Random(13)
+    timelines = {customer: random_events(rng, f"{customer}@example.com", 7) for customer in CUSTOMERS}
+    now = datetime.now(UTC)
+    profile = service(databases[0])
+    await seed(profile, timelines, now)
+    async with profile.db.sessions() as session:
+        holders_before = (await session.execute(text("SELECT event_id, holder_id FROM event ORDER BY 1"))).all()
+
+    async with profile.db.transaction() as session:
+        await profile.merge_many(session, BATCH)
+
+    async with profile.db.sessions() as session:
+        assert (await session.execute(text("SELECT event_id, holder_id FROM event ORDER BY 1"))).all() == holders_before
+        held = await profile.store.events_of(session, ["t"])
+    on_t = {event.id for customer in ("a", "s", "t", "d") for event in timelines[customer]}
+    assert {event.event_id for event in held} == on_t
+    assert {event.customer_id for event in held} == {"t"}
+    assert {event.holder_id for event in held} == {"a", "s", "t", "d"}
+
+    pages: list[str] = []
+    before = None
+    while True:
+        customer, page = await profile.timeline("s", types=(), since=None, until=None, before=before, limit=5)
+        assert customer == "t"  # an absorbed id reads its survivor's timeline
+        pages += [event.event_id for event in page]
+        if len(page) < 5:
+            break
+        before = (page[-1].occurred_at, page[-1].event_id)
+    assert sorted(pages) == sorted(on_t)
+    times = {event.id: event.timestamp.ToDatetime(UTC) for events in timelines.values() for event in events}
+    assert [times[event_id] for event_id in pages] == sorted((times[e] for e in pages), reverse=True)

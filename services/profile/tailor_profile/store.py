@@ -308,10 +308,8 @@ class ProfileStore:
         """Every event of these customers (held by them or by customers merged into them)."""
         driver = await driver_connection(session)
         rows = await driver.fetch(
-            "SELECT e.event_id, coalesce(a.survivor_id, e.holder_id), e.holder_id, e.payload FROM event e "
-            "LEFT JOIN customer_alias a ON a.absorbed_id = e.holder_id "
-            f"WHERE e.holder_id IN ({HOLDERS.format(customers='$1::text[]')}) "
-            "AND coalesce(a.survivor_id, e.holder_id) = ANY($1::text[])",
+            "SELECT event_id, customer_id, holder_id, payload FROM customer_event "
+            f"WHERE holder_id IN ({HOLDERS.format(customers='$1::text[]')}) AND customer_id = ANY($1::text[])",
             list(customer_ids),
         )
         return [HeldEvent(row[0], row[1], row[2], bytes(row[3])) for row in rows]

@@ -48,6 +48,17 @@ def set_request(customer_id: str, purpose: str, channel: str, granted: bool, **f
     return pb.SetConsentRequest(customer_id=customer_id, purpose=purpose, channel=channel, granted=granted, **values)
 
 
+def first_two_history_pages(
+    stub: consent_pb2_grpc.ConsentServiceStub, customer_id: str, page_size: int
+) -> tuple[pb.ConsentHistoryResponse, pb.ConsentHistoryResponse]:
+    """The first page of a customer's history and the page its token leads to."""
+    first = stub.ConsentHistory(
+        pb.ConsentHistoryRequest(customer_id=customer_id, page=PageRequest(page_size=page_size))
+    )
+    page = PageRequest(page_size=page_size, page_token=first.page.next_page_token)
+    return first, stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=customer_id, page=page))
+
+
 def allowed(stub: consent_pb2_grpc.ConsentServiceStub, customer_id: str, purpose: str, channel: str = "") -> bool:
     response = stub.CheckConsent(pb.CheckConsentRequest(customer_id=customer_id, purpose=purpose, channel=channel))
     return bool(response.allowed)
@@ -132,10 +143,7 @@ def test_history_is_paged_oldest_first(stub: consent_pb2_grpc.ConsentServiceStub
     who = customer()
     for number in range(5):
         stub.SetConsent(set_request(who, "profiling", "", number % 2 == 0))
-    first = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who, page=PageRequest(page_size=3)))
-    second = stub.ConsentHistory(
-        pb.ConsentHistoryRequest(customer_id=who, page=PageRequest(page_size=3, page_token=first.page.next_page_token))
-    )
+    first, second = first_two_history_pages(stub, who, 3)
     entries = [*first.entries, *second.entries]
     assert [e.granted for e in entries] == [True, False, True, False, True]
     assert [e.cause for e in entries] == ["set"] * 5
@@ -551,10 +559,7 @@ def test_history_gives_no_page_token_after_an_exactly_full_last_page(
     who = customer()
     for number in range(4):
         stub.SetConsent(set_request(who, "profiling", "", number % 2 == 0))
-    first = stub.ConsentHistory(pb.ConsentHistoryRequest(customer_id=who, page=PageRequest(page_size=2)))
-    second = stub.ConsentHistory(
-        pb.ConsentHistoryRequest(customer_id=who, page=PageRequest(page_size=2, page_token=first.page.next_page_token))
-    )
+    first, second = first_two_history_pages(stub, who, 2)
     assert (len(first.entries), len(second.entries)) == (2, 2)
     assert first.page.next_page_token and second.page.next_page_token == ""
 

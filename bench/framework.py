@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import operator
 import resource
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +103,11 @@ def cpu_use(roots: Mapping[str, int]) -> Iterator[Callable[[], dict[str, float]]
         yield used
     finally:
         after = sample()
+
+
+def quantile_ms(sorted_seconds: Sequence[float], fraction: float) -> float:
+    """The `fraction` quantile of latencies in seconds, sorted ascending, in milliseconds."""
+    return sorted_seconds[min(len(sorted_seconds) - 1, int(fraction * len(sorted_seconds)))] * 1000
 
 
 @contextmanager

@@ -53,6 +53,7 @@ from bench.framework import (
     cpu_steal,
     cpu_use,
     frozen_heap,
+    quantile_ms,
 )
 
 SEED = 20261125
@@ -231,10 +232,6 @@ async def wait_outbox(connection: asyncpg.Connection, timeout_s: float = 600.0) 
         if time.monotonic() > deadline:
             raise TimeoutError("the outbox relay did not publish the load's events in time")
         await asyncio.sleep(0.5)
-
-
-def quantile_ms(sorted_seconds: Sequence[float], fraction: float) -> float:
-    return sorted_seconds[min(len(sorted_seconds) - 1, int(fraction * len(sorted_seconds)))] * 1000
 
 
 def check_resolved(response: pb.ResolveBatchResponse) -> None:

@@ -27,10 +27,11 @@ from tailor_identity.domain.keys import PERSON_CONTEXT, KeyMaker
 from tailor_identity.domain.matching import MatchModel, Pattern, Thresholds
 from tailor_identity.domain.model import DEFAULT_LIMITS, Conflict, Key, Person, Record
 from tailor_identity.domain.rekey import TABLES, ReKeyCursor
-from tailor_identity.domain.resolution import Outcome, Planner
+from tailor_identity.domain.resolution import Outcome, PlannedMerge, Planner, final_owners, merge_snapshots
 from tailor_identity.store import (
     IdentifierRow,
     IdentityStore,
+    LoggedMerge,
     NewIdentifier,
     NewPerson,
     PersonRow,
@@ -345,11 +346,7 @@ class IdentityService:
         ]
         await self.store.insert_identifiers(session, new_keys)  # a key taken meanwhile: retried (23505)
         envelopes: list[Envelope] = [events.resolved(created)] if created else []
-        for merge in planner.merges:
-            _, envelope = await self._merge_one(
-                session, merge.survivor_id, [merge.absorbed_id], "resolution", merge.evidence
-            )
-            envelopes.append(envelope)
+        envelopes += await self._merge_planned(session, planner.merges)
         await self.store.add_conflicts(
             session,
             [
@@ -358,6 +355,22 @@ class IdentityService:
             ],
         )
         await self.outbox.add_many(session, envelopes)
+
+    async def _merge_planned(self, session: AsyncSession, merges: Sequence[PlannedMerge]) -> list[Envelope]:
+        """A batch's merges in four statements however many there are; each is logged with what it
+        moved as if they had been made one after the other (as `_merge_one` would: merges chain)."""
+        if not merges:
+            return []
+        held = await self.store.move_customers(session, final_owners(merges))
+        await self.store.set_merged(session, [(merge.absorbed_id, merge.survivor_id) for merge in merges])
+        logged = [
+            LoggedMerge(str(uuid.uuid4()), merge.survivor_id, merge.absorbed_id, "resolution", merge.evidence, snapshot)
+            for merge, snapshot in zip(merges, merge_snapshots(merges, held), strict=True)
+        ]
+        await self.store.log_merges(session, logged)
+        for entry in logged:
+            log.info("merged 1 customer(s) into %s (merge %s)", entry.survivor_id, entry.log_id)
+        return [events.merged(m.survivor_id, [m.absorbed_id], m.evidence, m.log_id) for m in logged]
 
     async def _merge_one(
         self, session: AsyncSession, survivor: str, absorbed: list[str], reason: str, evidence: str

@@ -103,6 +103,15 @@ def _column(rows: Sequence[Any], name: str) -> list[Any]:
     return [getattr(row, name) for row in rows]
 
 
+class LoggedMerge(NamedTuple):
+    log_id: str
+    survivor_id: str
+    absorbed_id: str
+    reason: str
+    evidence: str
+    snapshot: dict[str, dict[str, list[int]]]
+
+
 class IdentityStore:
     # -- deterministic resolution ----------------------------------------------------------------
 
@@ -189,6 +198,22 @@ class IdentityStore:
         )
         return {"identifiers": sorted(moved_identifiers), "persons": sorted(moved_persons)}
 
+    async def move_customers(self, session: AsyncSession, owners: dict[str, str]) -> dict[str, dict[str, list[int]]]:
+        """Move everything each customer of `owners` holds to its new owner, one statement per
+        table however many customers; returns the ids each of them held."""
+        driver = await driver_connection(session)
+        held: dict[str, dict[str, list[int]]] = {customer: {"identifiers": [], "persons": []} for customer in owners}
+        for table, kind in (("identifier", "identifiers"), ("person", "persons")):
+            rows = await driver.fetch(
+                f"UPDATE {table} t SET customer_id = m.owner FROM unnest($1::text[], $2::text[]) AS m(customer, owner) "
+                "WHERE t.customer_id = m.customer RETURNING t.id, m.customer",
+                list(owners),
+                list(owners.values()),
+            )
+            for row_id, customer in rows:
+                held[customer][kind].append(row_id)
+        return held
+
     async def move_rows(
         self, session: AsyncSession, to_id: str, identifier_ids: list[int], person_ids: list[int], *, held_by: str
     ) -> dict[str, list[int]]:
@@ -244,6 +269,31 @@ class IdentityStore:
         await session.execute(
             text("UPDATE customer SET status = :status, merged_into = :into WHERE id = ANY(CAST(:ids AS text[]))"),
             {"status": status, "into": merged_into, "ids": list(customer_ids)},
+        )
+
+    async def set_merged(self, session: AsyncSession, merges: Sequence[tuple[str, str]]) -> None:
+        """Mark customers merged, each into its survivor: (absorbed, survivor) pairs."""
+        driver = await driver_connection(session)
+        await driver.execute(
+            "UPDATE customer c SET status = 'merged', merged_into = m.survivor "
+            "FROM unnest($1::text[], $2::text[]) AS m(absorbed, survivor) WHERE c.id = m.absorbed",
+            [absorbed for absorbed, _ in merges],
+            [survivor for _, survivor in merges],
+        )
+
+    async def log_merges(self, session: AsyncSession, merges: Sequence[LoggedMerge]) -> None:
+        """Log merges of one customer each (as `add_log` would, one statement for all)."""
+        driver = await driver_connection(session)
+        await driver.execute(
+            "INSERT INTO merge_log (id, kind, survivor_id, absorbed_ids, reason, evidence, snapshot) "
+            "SELECT i, 'merge', s, ARRAY[a], r, e, CAST(sn AS jsonb) FROM "
+            "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS m(i, s, a, r, e, sn)",
+            [m.log_id for m in merges],
+            [m.survivor_id for m in merges],
+            [m.absorbed_id for m in merges],
+            [m.reason for m in merges],
+            [m.evidence for m in merges],
+            [_json(m.snapshot) for m in merges],
         )
 
     async def add_log(

@@ -6,7 +6,7 @@ import itertools
 from collections import Counter
 
 from tailor_identity.domain.model import Key, Record
-from tailor_identity.domain.resolution import Planner
+from tailor_identity.domain.resolution import PlannedMerge, Planner, final_owners, merge_snapshots
 
 
 def key(id_type: str, value: str) -> Key:
@@ -68,3 +68,22 @@ def test_link_pulls_other_customers_in() -> None:
     plan = planner({key("device_id", "d"): "ANON"}, {"ANON": Counter(device_id=1), "ME": Counter(email=1)})
     outcome = plan.link("ME", [key("device_id", "d"), key("phone", "1")])
     assert outcome.merged_ids == ["ANON"] and [c for _, c in plan.attached] == ["ME"]
+
+
+def test_chained_merges_end_with_the_last_survivor_and_each_logs_what_its_customer_held_then() -> None:
+    merges = [
+        PlannedMerge("b", "a", "shared email"),
+        PlannedMerge("c", "b", "shared email"),
+        PlannedMerge("e", "d", ""),
+    ]
+    assert final_owners(merges) == {"a": "c", "b": "c", "d": "e"}
+    held = {
+        "a": {"identifiers": [1], "persons": [10]},
+        "b": {"identifiers": [3, 2], "persons": []},
+        "d": {"identifiers": [], "persons": []},
+    }
+    assert merge_snapshots(merges, held) == [
+        {"a": {"identifiers": [1], "persons": [10]}},
+        {"b": {"identifiers": [1, 2, 3], "persons": [10]}},
+        {"d": {"identifiers": [], "persons": []}},
+    ]

@@ -313,6 +313,41 @@ async def test_unmerging_the_first_of_a_chain_of_merges_then_the_second_restores
         assert [link.value for link in graph.links] == [f"{name}@example.com"]
 
 
+async def test_a_chain_of_merges_in_one_batch_is_logged_and_reversed_as_if_made_one_by_one(
+    identity: IdentityService,
+) -> None:
+    """One batch merges a into b, then b into c (written in one statement per table): the log says
+    the second merge moved a's identifier too (b held it by then), and reversing both gives every
+    customer back its own identifiers."""
+    k = identity.keys
+    a, b, c = await identity.resolve_batch([record(k, ("email", f"{name}@example.com")) for name in ("a", "b", "c")])
+    into_b, into_c = await identity.resolve_batch(
+        [
+            record(k, ("email", "b@example.com"), ("email", "a@example.com")),
+            record(k, ("email", "c@example.com"), ("email", "b@example.com")),
+        ]
+    )
+    assert (into_b.merged_ids, into_c.merged_ids) == ([a.customer_id], [b.customer_id])
+    assert (await identity.graph(a.customer_id)).customer.merged_into == b.customer_id
+    assert sorted(link.value for link in (await identity.graph(c.customer_id)).links) == [
+        f"{name}@example.com" for name in ("a", "b", "c")
+    ]
+    log = {
+        entry.absorbed_ids[0]: entry
+        for survivor in (b, c)
+        for entry in (await identity.graph(survivor.customer_id)).merges
+        if entry.survivor_id == survivor.customer_id
+    }
+    assert len(log[a.customer_id].snapshot[a.customer_id]["identifiers"]) == 1
+    assert len(log[b.customer_id].snapshot[b.customer_id]["identifiers"]) == 2
+    await identity.unmerge(b.customer_id, log[a.customer_id].id, "a is someone else")
+    await identity.unmerge(c.customer_id, log[b.customer_id].id, "b is someone else too")
+    for customer, name in ((a, "a"), (b, "b"), (c, "c")):
+        graph = await identity.graph(customer.customer_id)
+        assert graph.customer.status == "active"
+        assert [link.value for link in graph.links] == [f"{name}@example.com"]
+
+
 async def test_a_customer_is_never_merged_into_itself(identity: IdentityService) -> None:
     k = identity.keys
     [a] = await identity.resolve_batch([record(k, ("email", "self@example.com"))])

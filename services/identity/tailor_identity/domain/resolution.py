@@ -13,7 +13,7 @@ aliased, so only real customers are ever written.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tailor_identity.domain.model import DEFAULT_LIMITS, PRIORITY, Conflict, IdType, Key, Record, priority_rank
@@ -36,6 +36,37 @@ class PlannedMerge:
     survivor_id: str
     absorbed_id: str
     evidence: str
+
+
+Moved = dict[str, list[int]]
+"""The rows a merge moved: {"identifiers": [ids], "persons": [ids]}."""
+
+
+def final_owners(merges: Sequence[PlannedMerge]) -> dict[str, str]:
+    """Each absorbed customer's owner once every merge is made: merges may chain (B into A, then A
+    into C: B's rows end with C)."""
+    into = {merge.absorbed_id: merge.survivor_id for merge in merges}
+    owners = {}
+    for absorbed, owner in into.items():
+        while owner in into:
+            owner = into[owner]
+        owners[absorbed] = owner
+    return owners
+
+
+def merge_snapshots(merges: Sequence[PlannedMerge], held: Mapping[str, Moved]) -> list[dict[str, Moved]]:
+    """What each merge moved had the merges been made one after the other, from `held`, the rows
+    each absorbed customer held before any of them: its own rows, and those earlier merges moved
+    onto it (as an unmerge expects to find in the log)."""
+    holding = {customer: {kind: list(ids) for kind, ids in rows.items()} for customer, rows in held.items()}
+    snapshots = []
+    for merge in merges:
+        moved = holding.pop(merge.absorbed_id, {"identifiers": [], "persons": []})
+        gaining = holding.setdefault(merge.survivor_id, {"identifiers": [], "persons": []})
+        for kind, ids in moved.items():
+            gaining.setdefault(kind, []).extend(ids)
+        snapshots.append({merge.absorbed_id: {kind: sorted(ids) for kind, ids in moved.items()}})
+    return snapshots
 
 
 class Planner:

@@ -117,6 +117,23 @@ def test_open_cart_is_what_was_added_after_the_last_online_order() -> None:
     assert (emptied["open_cart_items"], emptied["open_cart_value_minor"]) == ([], 0)
 
 
+def test_a_balance_is_never_below_zero_nor_a_return_rate_above_one_and_late_events_still_count() -> None:
+    """Redemptions and returns whose earning or purchase lies before the data (or arrives later)."""
+    redeemed_first = event("loyalty_redeemed", 2, points=300)
+    shoes = Item("s", "shoes", 2, 1000)
+    returned_first = event("return", 1, amount=2000, items=(shoes,))
+    early = traits_of(redeemed_first, returned_first, order(3, 1000, Item("s", "shoes", 1, 1000)))
+    assert (early["loyalty_points"], early["return_rate"]) == (0, 1.0)
+    complete = traits_of(
+        redeemed_first,
+        returned_first,
+        order(3, 1000, Item("s", "shoes", 1, 1000)),
+        order(5, 3000, Item("s", "shoes", 3, 1000)),
+        event("loyalty_earned", 10, points=500),
+    )
+    assert (complete["loyalty_points"], complete["return_rate"]) == (200, 0.5)
+
+
 def test_returns_tickets_page_views_and_affinity() -> None:
     shoes = Item("s", "shoes", 3, 1000)
     traits = traits_of(

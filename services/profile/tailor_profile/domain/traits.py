@@ -493,12 +493,15 @@ def evaluate(state: TraitState, now: int, settings: TraitSettings) -> Traits:
         cart=cart,
         cart_value=cart_value,
         cart_last_activity=cart_activity,
-        points=state.points,
+        # Redeemed more than earned, or returned more than bought: the earning or the purchase lies
+        # before the data we have (or has not arrived yet). The sums stay exact, so an event that
+        # arrives later still counts; what is shown never goes below none or above all.
+        points=max(0, state.points),
         tier=tier,
         spend_12m=spend_12m,
         next_tier=next_tier,
         to_next_tier=to_next,
-        return_rate=round(state.items_returned / state.items_bought, 4) if state.items_bought else 0.0,
+        return_rate=min(1.0, round(state.items_returned / state.items_bought, 4)) if state.items_bought else 0.0,
         refunded=state.refunded,
         open_tickets=sum(1 for opened, closed in state.tickets.values() if opened > closed),
         page_views_7d=sums[7][PAGE_VIEWS],

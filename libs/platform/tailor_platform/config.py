@@ -84,6 +84,15 @@ class ServiceSettings(PlatformSettings):
         "core per process, so a CPU-bound service uses more cores with more workers.",
     )
     service_database_url: str = ""
+    database_read_connections: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Connections each worker keeps for single-statement hot reads such as GetProfile "
+        "(TAILOR_<SERVICE>_DATABASE_READ_CONNECTIONS). One worker process drives a few thousand reads "
+        "a second, which two connections carry; more only add database processes competing with the "
+        "workers for the cores.",
+    )
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
     outbox_batch_size: int = Field(default=500, ge=1)
     consumer_batch_size: int = Field(default=100, ge=1)
@@ -98,6 +107,7 @@ class ServiceSettings(PlatformSettings):
         if not self.service_database_url and self.database_url:
             self.service_database_url = database_url_for(self.database_url, self.service_name)
         self._override("workers", prefix + "WORKERS")
+        self._override("database_read_connections", prefix + "DATABASE_READ_CONNECTIONS")
         if not self._override("grpc_port", prefix + "GRPC_PORT") and not self.grpc_port:
             self.grpc_port = self.default_port
         return self

@@ -33,7 +33,7 @@ NAMING_CONVENTION = {
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, read_connections: int = 2, echo: bool = False) -> None:
         if not url:
             raise ValueError("no database URL configured (TAILOR_<SERVICE>_DATABASE_URL or TAILOR_DATABASE_URL)")
         self.url = url
@@ -56,7 +56,7 @@ class Database:
             self.engine, expire_on_commit=False, sync_session_class=self.sync_session_class
         )
         telemetry.instrument_engine(self.engine)
-        self._readers = ReadPool(driver_url(url), pool_size)
+        self._readers = ReadPool(driver_url(url), read_connections)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -99,7 +99,7 @@ class ServiceProcess:
     def __init__(self, spec: ServiceSpec, settings: ServiceSettings | None = None) -> None:
         self.spec = spec
         self.settings = settings or spec.settings()
-        self.db = Database(self.settings.service_database_url)
+        self.db = Database(self.settings.service_database_url, read_connections=self.settings.database_read_connections)
         self.outbox = Outbox(
             self.db,
             spec.name,

@@ -23,9 +23,11 @@ def test_service_specific_variables_win(monkeypatch: pytest.MonkeyPatch) -> None
     assert DemoSettings().grpc_port == 50999
     monkeypatch.setenv("TAILOR_DEMO_DATABASE_URL", "postgresql+asyncpg://u@elsewhere/demo")
     monkeypatch.setenv("TAILOR_DEMO_GRPC_PORT", "6000")
+    monkeypatch.setenv("TAILOR_DEMO_DATABASE_READ_CONNECTIONS", "4")
     settings = DemoSettings()
     assert settings.service_database_url == "postgresql+asyncpg://u@elsewhere/demo"
     assert settings.grpc_port == 6000
+    assert settings.database_read_connections == 4
 
 
 def test_lists_come_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,6 +41,7 @@ def test_lists_come_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TAILOR_DEMO_WORKERS", "abc"),
         ("TAILOR_DEMO_WORKERS", "0"),
         ("TAILOR_DEMO_WORKERS", "500"),
+        ("TAILOR_DEMO_DATABASE_READ_CONNECTIONS", "0"),
         ("TAILOR_DEMO_GRPC_PORT", "http"),
         ("TAILOR_DEMO_GRPC_PORT", "70000"),
         ("TAILOR_CONSUMER_MAX_DELIVER", "0"),

@@ -77,7 +77,7 @@ def test_chained_merges_end_with_the_last_survivor_and_each_logs_what_its_custom
         PlannedMerge("e", "d", ""),
     ]
     assert final_owners(merges) == {"a": "c", "b": "c", "d": "e"}
-    held = {
+    held: dict[str, dict[str, list[int]]] = {
         "a": {"identifiers": [1], "persons": [10]},
         "b": {"identifiers": [3, 2], "persons": []},
         "d": {"identifiers": [], "persons": []},

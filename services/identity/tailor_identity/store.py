@@ -186,18 +186,6 @@ class IdentityStore:
 
     # -- merges ----------------------------------------------------------------------------------
 
-    async def move_customer(self, session: AsyncSession, from_id: str, to_id: str) -> dict[str, list[int]]:
-        """Move everything `from_id` holds to `to_id`; returns the ids moved (for an exact unmerge)."""
-        moved_identifiers = await session.scalars(
-            text("UPDATE identifier SET customer_id = :to WHERE customer_id = :from RETURNING id"),
-            {"to": to_id, "from": from_id},
-        )
-        moved_persons = await session.scalars(
-            text("UPDATE person SET customer_id = :to WHERE customer_id = :from RETURNING id"),
-            {"to": to_id, "from": from_id},
-        )
-        return {"identifiers": sorted(moved_identifiers), "persons": sorted(moved_persons)}
-
     async def move_customers(self, session: AsyncSession, owners: dict[str, str]) -> dict[str, dict[str, list[int]]]:
         """Move everything each customer of `owners` holds to its new owner, one statement per
         table however many customers; returns the ids each of them held."""

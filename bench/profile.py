@@ -99,7 +99,6 @@ class IngestData:
     events: int
     at_rate: list[bytes]
     """The latency phase's requests, in the order they are sent."""
-    at_rate_events: int
     linkable: set[str]
     """The people whose identifiers connect (demo/truth.py), over both phases."""
 
@@ -120,9 +119,9 @@ def ingest_requests(sizes: Sizes, report: Reporter) -> IngestData:
     with report.step(f"generating the events of {people_in_all:,} people", total=people_in_all) as advance:
         concurrency = sizes.ingest_concurrency
         lanes, events = _lanes(people[: sizes.people], config, concurrency, connectivity, advance)
-        rate_lanes, rate_events = _lanes(people[sizes.people :], config, concurrency, connectivity, advance)
+        rate_lanes, _ = _lanes(people[sizes.people :], config, concurrency, connectivity, advance)
     at_rate = [lane[turn] for turn in range(max(map(len, rate_lanes))) for lane in rate_lanes if turn < len(lane)]
-    return IngestData(lanes, events, at_rate, rate_events, connectivity.linkable())
+    return IngestData(lanes, events, at_rate, connectivity.linkable())
 
 
 def _lanes(

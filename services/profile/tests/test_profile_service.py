@@ -460,6 +460,46 @@ def test_identifiers_split_off_in_identity_take_their_events_to_the_new_customer
     assert_traits_equal(actual, json_format.MessageToDict(_struct(recomputed_traits(by_device_only, now))))
 
 
+def test_an_unmerge_takes_an_event_to_a_third_customer_that_owns_its_strongest_identifier_now(
+    stub: Stub, identity: identity_pb2_grpc.IdentityServiceStub
+) -> None:
+    """After a merge, an order carried the absorbed customer's device and a new email (so both were
+    the survivor's); the email was then split off into a customer of its own, which went on buying.
+    Reversing the merge gives the device back: the order's strongest identifier, the email, is the
+    third customer's, so the order goes there, and each profile's traits are its own timeline's
+    (the third customer's own events counted once)."""
+    first, second, third, device = email(), email(), email(), f"device-{uuid.uuid4().hex[:8]}"
+    first_events = [make_event("page_view", ago(days=5, hours=i), email=first) for i in range(2)]
+    second_event = make_event("page_view", ago(days=4), email=second)
+    second_event.identifiers.anonymous_id = device
+    results = ingest(stub, [*first_events, second_event]).results
+    survivor, absorbed = results[0].customer_id, results[2].customer_id
+    merge = identity.Merge(identity_pb2.MergeRequest(survivor_id=survivor, absorbed_ids=[absorbed], reason="test"))
+    wait_until(lambda: len(timeline(stub, survivor)) == 3)
+    shared = make_event("order_completed", ago(days=2), email=third, purchase=purchase(item(price=900)))
+    shared.identifiers.anonymous_id = device
+    assert ingest(stub, [shared]).results[0].customer_id == survivor
+    split = identity.Unmerge(
+        identity_pb2.UnmergeRequest(
+            customer_id=survivor, identifiers=[identity_pb2.Identifier(type="email", value=third)], reason="shared"
+        )
+    )
+    (third_customer,) = split.restored_ids
+    own = make_event("order_completed", ago(days=1), email=third, purchase=purchase(item(price=400)))
+    assert ingest(stub, [own]).results[0].customer_id == third_customer
+
+    identity.Unmerge(identity_pb2.UnmergeRequest(customer_id=survivor, merge_id=merge.merge_id, reason="wrong"))
+
+    def separated() -> bool:
+        lengths = [len(timeline(stub, customer)) for customer in (survivor, absorbed, third_customer)]
+        return lengths == [2, 1, 2]
+
+    wait_until(separated)
+    for customer, events in ((survivor, first_events), (absorbed, [second_event]), (third_customer, [shared, own])):
+        actual, now = trait_values(stub, customer)
+        assert_traits_equal(actual, json_format.MessageToDict(_struct(recomputed_traits(events, now))))
+
+
 def test_customer_360_gathers_graph_and_consents_and_marks_a_section_whose_service_is_down(
     platform: Platform, stub: Stub
 ) -> None:

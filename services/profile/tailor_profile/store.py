@@ -62,6 +62,7 @@ profile_state = Table(
     Column("announced_at", BigInteger, nullable=False, server_default="0"),
     Column("next_change_at", BigInteger, nullable=True),
     Index("ix_profile_state_next_change_at", "next_change_at"),
+    # Created with fillfactor 80 (migration 0007): room for a batch's update to stay on its page.
 )
 
 profile_attribute = Table(

@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 def _shared_buffers() -> str:
     """2GB where the machine has 8 GiB of memory or more, else 512MB (shared memory is only taken as
     it is used). The default 128MB does not hold the identity lookup index of a million identifiers.
-    With 512MB, the profile benchmark's ingestion (about 1.8 GB of tables and indexes) kept evicting dirty pages,
-    and the kernel wrote them back every 30 s in bursts that grew with the database, from 200 to
-    900 MB; commits waiting for their WAL flush waited behind them. With 2GB the bursts stay near
-    300 MB (the new pages of growing tables, and NATS's stream files)."""
+    With 512MB, the profile benchmark's ingestion (about 1.8 GB of tables and indexes) kept evicting
+    dirty pages, and the kernel wrote them back every 30 s in bursts that grew with the database,
+    from 200 to 900 MB; commits waiting for their WAL flush waited behind them. With 2GB the bursts
+    stay near 300 MB (the new pages of growing tables, and NATS's stream files)."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return "2GB" if memory >= 8 * 2**30 else "512MB"
 

@@ -376,9 +376,8 @@ class IdentityService:
         self, session: AsyncSession, survivor: str, absorbed: list[str], reason: str, evidence: str
     ) -> tuple[str, Envelope]:
         merge_id = str(uuid.uuid4())
-        held = await self.store.move_customers(session, dict.fromkeys(absorbed, survivor))
-        snapshot = {customer: {kind: sorted(ids) for kind, ids in rows.items()} for customer, rows in held.items()}
-        await self.store.set_status(session, absorbed, "merged", survivor)
+        snapshot = await self.store.move_customers(session, dict.fromkeys(absorbed, survivor))
+        await self.store.set_merged(session, [(customer, survivor) for customer in absorbed])
         await self.store.add_log(
             session,
             log_id=merge_id,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tailor_platform.db import driver_connection
 
 from tailor_identity.domain.rekey import TABLES
+from tailor_identity.domain.resolution import Moved, nothing_moved
 from tailor_identity.tables import Base
 
 __all__ = ["Base", "IdentifierRow", "IdentityStore", "PersonRow", "RekeyedPerson", "StaleRow"]
@@ -109,7 +110,7 @@ class LoggedMerge(NamedTuple):
     absorbed_id: str
     reason: str
     evidence: str
-    snapshot: dict[str, dict[str, list[int]]]
+    snapshot: dict[str, Moved]
 
 
 class IdentityStore:
@@ -186,11 +187,11 @@ class IdentityStore:
 
     # -- merges ----------------------------------------------------------------------------------
 
-    async def move_customers(self, session: AsyncSession, owners: dict[str, str]) -> dict[str, dict[str, list[int]]]:
+    async def move_customers(self, session: AsyncSession, owners: dict[str, str]) -> dict[str, Moved]:
         """Move everything each customer of `owners` holds to its new owner, one statement per
-        table however many customers; returns the ids each of them held."""
+        table however many customers; returns the ids each of them held, in order."""
         driver = await driver_connection(session)
-        held: dict[str, dict[str, list[int]]] = {customer: {"identifiers": [], "persons": []} for customer in owners}
+        held = {customer: nothing_moved() for customer in owners}
         for table, kind in (("identifier", "identifiers"), ("person", "persons")):
             rows = await driver.fetch(
                 f"UPDATE {table} t SET customer_id = m.owner FROM unnest($1::text[], $2::text[]) AS m(customer, owner) "
@@ -198,7 +199,7 @@ class IdentityStore:
                 list(owners),
                 list(owners.values()),
             )
-            for row_id, customer in rows:
+            for row_id, customer in sorted((row[0], row[1]) for row in rows):
                 held[customer][kind].append(row_id)
         return held
 

@@ -42,6 +42,10 @@ Moved = dict[str, list[int]]
 """The rows a merge moved: {"identifiers": [ids], "persons": [ids]}."""
 
 
+def nothing_moved() -> Moved:
+    return {"identifiers": [], "persons": []}
+
+
 def final_owners(merges: Sequence[PlannedMerge]) -> dict[str, str]:
     """Each absorbed customer's owner once every merge is made: merges may chain (B into A, then A
     into C: B's rows end with C)."""
@@ -61,8 +65,8 @@ def merge_snapshots(merges: Sequence[PlannedMerge], held: Mapping[str, Moved]) -
     holding = {customer: {kind: list(ids) for kind, ids in rows.items()} for customer, rows in held.items()}
     snapshots = []
     for merge in merges:
-        moved = holding.pop(merge.absorbed_id, {"identifiers": [], "persons": []})
-        gaining = holding.setdefault(merge.survivor_id, {"identifiers": [], "persons": []})
+        moved = holding.pop(merge.absorbed_id, nothing_moved())
+        gaining = holding.setdefault(merge.survivor_id, nothing_moved())
         for kind, ids in moved.items():
             gaining.setdefault(kind, []).extend(ids)
         snapshots.append({merge.absorbed_id: {kind: sorted(ids) for kind, ids in moved.items()}})

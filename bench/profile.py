@@ -63,7 +63,7 @@ PROFILE_WORKERS = 2
 WORKERS = {"TAILOR_IDENTITY_WORKERS": "2", "TAILOR_PROFILE_WORKERS": str(PROFILE_WORKERS)}
 """Two worker processes per service (2 cores). Every client keeps a connection per worker, spread
 over them (ChannelPool.spread: each load generator process, and profile's identity client).
-Measured against the alternatives in one session (machine B, no-op rate within 6%): 1 identity
+Measured against the alternatives back to back (2-core AMD EPYC, no-op rate within 6%): 1 identity
 worker gave p99 215 ms at the target rate, 3 profile workers 238 ms, these 2 + 2 gave 168 ms.
 Throughput was the same (about 12,100 events/s) in all three."""
 BATCH = 500

@@ -6,7 +6,7 @@ import itertools
 from collections import Counter
 
 from tailor_identity.domain.model import Key, Record
-from tailor_identity.domain.resolution import PlannedMerge, Planner, final_owners, merge_snapshots
+from tailor_identity.domain.resolution import Moved, PlannedMerge, Planner, final_owners, merge_snapshots
 
 
 def key(id_type: str, value: str) -> Key:
@@ -77,7 +77,7 @@ def test_chained_merges_end_with_the_last_survivor_and_each_logs_what_its_custom
         PlannedMerge("e", "d", ""),
     ]
     assert final_owners(merges) == {"a": "c", "b": "c", "d": "e"}
-    held: dict[str, dict[str, list[int]]] = {
+    held: dict[str, Moved] = {
         "a": {"identifiers": [1], "persons": [10]},
         "b": {"identifiers": [3, 2], "persons": []},
         "d": {"identifiers": [], "persons": []},

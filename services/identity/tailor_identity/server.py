@@ -27,7 +27,12 @@ from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.matching import Thresholds
 from tailor_identity.domain.model import DEFAULT_LIMITS, ID_TYPES
 from tailor_identity.domain.normalize import EmailRules, email_domain
-from tailor_identity.service import DEFAULT_MAX_BLOCK_SIZE, DEFAULT_PERSON_CACHE_SIZE, IdentityService
+from tailor_identity.service import (
+    DEFAULT_MAX_BLOCK_SIZE,
+    DEFAULT_OVERSIZED_CACHE_SIZE,
+    DEFAULT_PERSON_CACHE_SIZE,
+    IdentityService,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class IdentitySettings(ServiceSettings):
     identity_person_cache_size: int = Field(default=DEFAULT_PERSON_CACHE_SIZE, ge=0)
     # Blocks of more stored persons than this are not searched by probabilistic matching.
     identity_max_block_size: int = Field(default=DEFAULT_MAX_BLOCK_SIZE, ge=1)
+    # Oversized block keys each process remembers (not searched again, not grown; 0: none).
+    identity_oversized_block_cache_size: int = Field(default=DEFAULT_OVERSIZED_CACHE_SIZE, ge=0)
 
     @field_validator("identity_phone_region")
     @classmethod
@@ -117,6 +124,7 @@ def build(runtime: Runtime) -> Components:
         limits=settings.identity_limits,
         person_cache_size=settings.identity_person_cache_size,
         max_block_size=settings.identity_max_block_size,
+        oversized_cache_size=settings.identity_oversized_block_cache_size,
     )
     api = IdentityApi(service, keys)
     return Components(

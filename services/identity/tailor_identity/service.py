@@ -54,6 +54,8 @@ A key that many persons share hardly tells a pair apart, and each record has mor
 on the demo population of 100,000 people (few cities, house numbers up to 200) blocks of 25 to 50
 persons were three quarters of the persons read per record (45 a record at 50, 11 at 25) and no
 true pair depended on them; FEBRL4's blocks are all smaller, so its results are unchanged."""
+DEFAULT_OVERSIZED_CACHE_SIZE = 200_000
+"""Oversized block keys remembered (about 130 bytes each)."""
 PATTERN_SAVE_INTERVAL_S = 1.0
 RETRYABLE_SQLSTATES = {"40001", "40P01", "23505"}  # serialization failure, deadlock, unique violation
 
@@ -184,6 +186,7 @@ class IdentityService:
         store: IdentityStore | None = None,
         person_cache_size: int = DEFAULT_PERSON_CACHE_SIZE,
         max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
+        oversized_cache_size: int = DEFAULT_OVERSIZED_CACHE_SIZE,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -200,6 +203,10 @@ class IdentityService:
         # them; left out, matching costs the same per record whether a thousand or ten million
         # persons are stored. The other, more selective keys of the record are still searched.
         self.max_block_size = max_block_size
+        # Blocks found oversized: counting one again costs max_block_size + 1 index entries each
+        # time a record has its key, and adding records to it is of no use. In the profile
+        # benchmark's population a third of the keys of a batch of new people are oversized.
+        self.oversized_blocks: LruCache[bytes, bool] = LruCache(oversized_cache_size)
         # EM over blocked pairs (m and the number of true matches) and u from random pairs combine
         # into the scoring model.
         self.model = MatchModel()
@@ -401,6 +408,7 @@ class IdentityService:
         blocks: dict[int, list[bytes]],
     ) -> None:
         persons = []
+        oversized = self.oversized_blocks
         for index, (record, outcome) in enumerate(zip(records, outcomes, strict=True)):
             if record.person is None:
                 continue
@@ -410,7 +418,8 @@ class IdentityService:
                     self.keys.fingerprint(record.person),
                     self.keys.keyring.encrypt(self.keys.person_plaintext(record.person), PERSON_CONTEXT),
                     self.keys.keyring.active_id,
-                    blocks[index],
+                    # Not in blocks known to be oversized: they are never searched again.
+                    [key for key in blocks[index] if oversized.get(key) is None],
                     self.keys.keyring.blind_index_key_id,
                     self.keys.old_fingerprints(record.person),
                 )
@@ -473,12 +482,23 @@ class IdentityService:
         keys to the active ones while a rotation runs."""
         by_block: dict[bytes, list[tuple[str, Person]]] = {}
         decrypted: dict[int, Person] = {}
-        searched = block_keys + list(old_blocks)
-        for block_key, row in await self.store.persons_in_blocks(session, searched, self.max_block_size):
+        for block_key, row in await self._block_members(session, block_keys + list(old_blocks)):
             if row.id not in decrypted:
                 decrypted[row.id] = self._person(row)
             by_block.setdefault(old_blocks.get(block_key, block_key), []).append((row.customer_id, decrypted[row.id]))
         return by_block
+
+    async def _block_members(self, session: AsyncSession, block_keys: list[bytes]) -> list[tuple[bytes, PersonRow]]:
+        """(block key, stored person) for the persons of each block that is not oversized. A block
+        found oversized is not asked for again: blocks only ever gain persons (a key rotation moves
+        them to the block's key under the new index key, which is searched), so it stays oversized.
+        (An erasure that deletes person rows would have to clear `oversized_blocks`.)"""
+        oversized = self.oversized_blocks
+        searched = [key for key in block_keys if oversized.get(key) is None]
+        found = await self.store.persons_in_blocks(session, searched, self.max_block_size)
+        for key in found.oversized:
+            oversized.put(key, True)
+        return found.members
 
     def _person(self, row: PersonRow) -> Person:
         """A stored person record in plaintext (person rows never change their attributes, so a
@@ -773,7 +793,7 @@ class IdentityService:
         # while a rotation runs (other customers' records may still be stored under those).
         blocks = {key for person in mine for key in self.keys.block_indexes(person)}
         blocks.update(old for person in mine for old in self.keys.old_block_indexes(person))
-        others = await self.store.persons_in_blocks(session, list(blocks), self.max_block_size)
+        others = await self._block_members(session, list(blocks))
         best: dict[str, tuple[float, Pattern]] = {}
         for _, row in others:
             if row.customer_id == customer_id:

@@ -42,6 +42,13 @@ class IdentifierRow:
     created_at: datetime
 
 
+class BlockSearch(NamedTuple):
+    members: list[tuple[bytes, PersonRow]]
+    """(block key, stored person) for each person of each block searched."""
+    oversized: list[bytes]
+    """The blocks left out: more stored persons than the limit."""
+
+
 class PersonRow(NamedTuple):
     """(A named tuple: a matching batch reads thousands.)"""
 
@@ -489,23 +496,34 @@ class IdentityStore:
 
     async def persons_in_blocks(
         self, session: AsyncSession, block_keys: Sequence[bytes], max_block: int
-    ) -> list[tuple[bytes, PersonRow]]:
-        """The stored persons of each block, leaving out blocks of more than `max_block` persons.
-        A block's size is counted in its index entries first, at most `max_block` + 1 of them, so
-        an oversized block costs a few index pages and none of its person rows."""
+    ) -> BlockSearch:
+        """The stored persons of each block, leaving out blocks of more than `max_block` persons
+        (reported as oversized). A block's size is counted in its index entries first, at most
+        `max_block` + 1 of them, so an oversized block costs a few index pages and none of its
+        person rows."""
         if not block_keys:
-            return []
-        # The matching hot path: straight to the driver, no row objects.
+            return BlockSearch([], [])
+        # The matching hot path: straight to the driver, no row objects. An oversized block comes
+        # back as one row without a person.
         driver = await driver_connection(session)
         rows = await driver.fetch(
             "SELECT k.block_key, p.id, p.customer_id, p.ciphertext, p.key_id FROM unnest($1::bytea[]) AS k(block_key) "
-            "JOIN person_block b ON b.block_key = k.block_key JOIN person p ON p.id = b.person_id "
-            "WHERE (SELECT count(*) FROM (SELECT FROM person_block s WHERE s.block_key = k.block_key LIMIT $2) AS s) "
-            "< $2",
+            "CROSS JOIN LATERAL (SELECT count(*) AS n FROM "
+            "(SELECT FROM person_block s WHERE s.block_key = k.block_key LIMIT $2) AS s) AS size "
+            "LEFT JOIN person_block b ON size.n < $2 AND b.block_key = k.block_key "
+            "LEFT JOIN person p ON p.id = b.person_id "
+            "WHERE size.n >= $2 OR p.id IS NOT NULL",
             list(set(block_keys)),
             max_block + 1,
         )
-        return [(row[0], PersonRow(row[1], row[2], row[3], row[4])) for row in rows]
+        members = []
+        oversized = []
+        for row in rows:
+            if row[1] is None:
+                oversized.append(row[0])
+            else:
+                members.append((row[0], PersonRow(row[1], row[2], row[3], row[4])))
+        return BlockSearch(members, oversized)
 
     async def persons_of(self, session: AsyncSession, customer_id: str) -> list[PersonRow]:
         rows = await session.execute(

@@ -7,16 +7,19 @@ import asyncio
 import csv
 import importlib.util
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 from tailor_identity.domain.crypto import Keyring
 from tailor_identity.domain.keys import KeyMaker
 from tailor_identity.domain.matching import Thresholds
 from tailor_identity.domain.model import Record
 from tailor_identity.service import IdentityService
+from tailor_identity.store import BlockSearch, IdentityStore
 from tailor_platform.db import Database
 from tailor_platform.errors import FailedPrecondition
 
@@ -155,43 +158,103 @@ async def test_u_estimated_by_one_worker_is_where_the_next_starts(
     assert other.model.u == kept[0]
 
 
+def reviewing(database: Database, identity: IdentityService, max_block_size: int, **options: Any) -> IdentityService:
+    """A worker that lists every pair it compares as a review candidate."""
+    every_pair_compared_is_a_candidate = Thresholds(auto_merge=1.0, review=1e-12)
+    return IdentityService(
+        database,
+        identity.outbox,
+        KeyMaker(keyring()),
+        thresholds=every_pair_compared_is_a_candidate,
+        max_block_size=max_block_size,
+        **options,
+    )
+
+
+ANN_LEES_OF_1980 = [("1980-01-02", "2000"), ("1980-05-06", "3000"), ("1980-07-08", "4000"), ("1980-09-10", "5000")]
+"""Four "Ann Lee"s born in 1980, told apart by everything else: they share the name-sound and
+birth-year blocks and no other."""
+
+
+async def resolve_ann_lees(service: IdentityService, births: list[tuple[str, str]]) -> list[str]:
+    k = service.keys
+    customers = []
+    for dob, postcode in births:
+        person = k.person(given_name="Ann", surname="Lee", date_of_birth=dob, postcode=postcode)
+        [result] = await service.resolve_batch([Record([k.key("email", f"ann{postcode}@example.com")], person)])
+        customers.append(result.customer_id)
+    return customers
+
+
 async def test_a_block_shared_by_more_persons_than_the_limit_is_not_searched(
     database: Database, identity: IdentityService
 ) -> None:
-    """Four "Ann Lee"s born in 1980, told apart by everything else: they share the name-sound and
-    birth-year blocks and no other. With at most 2 persons searched per block, the third is still
-    compared (its blocks hold 2), the fourth with no one (they hold 3); with the default limit, the
-    same store finds the fourth's namesakes."""
-
-    def reviewing(max_block_size: int) -> IdentityService:
-        every_pair_compared_is_a_candidate = Thresholds(auto_merge=1.0, review=1e-12)
-        return IdentityService(
-            database,
-            identity.outbox,
-            KeyMaker(keyring()),
-            thresholds=every_pair_compared_is_a_candidate,
-            max_block_size=max_block_size,
-        )
+    """With at most 2 persons searched per block, the third Ann Lee is still compared (its blocks
+    hold 2), the fourth with no one (they hold 3); with the default limit, the same store finds the
+    fourth's namesakes."""
 
     def others(rows: list[Any], customer_id: str) -> set[str]:
         return {row.other_customer_id if row.customer_id == customer_id else row.customer_id for row in rows}
 
-    limited = reviewing(2)
-    k = limited.keys
-    customers = []
-    for number, (dob, postcode) in enumerate(
-        [("1980-01-02", "2000"), ("1980-05-06", "3000"), ("1980-07-08", "4000"), ("1980-09-10", "5000")]
-    ):
-        person = k.person(given_name="Ann", surname="Lee", date_of_birth=dob, postcode=postcode)
-        [result] = await limited.resolve_batch([Record([k.key("email", f"ann{number}@example.com")], person)])
-        customers.append(result.customer_id)
+    limited = reviewing(database, identity, 2)
+    customers = await resolve_ann_lees(limited, ANN_LEES_OF_1980)
 
     third, _ = await limited.find_candidates(customers[2], 0, 100)
     assert others(third, customers[2]) & set(customers[:2])
     fourth, _ = await limited.find_candidates(customers[3], 0, 100)
     assert fourth == []
-    rescored, _ = await reviewing(50).find_candidates(customers[3], 0, 100)
+    rescored, _ = await reviewing(database, identity, 50).find_candidates(customers[3], 0, 100)
     assert others(rescored, customers[3]) == set(customers[:3])
+
+
+class RecordingStore(IdentityStore):
+    """The real store, noting the block keys each search asks for."""
+
+    def __init__(self) -> None:
+        self.searched: list[set[bytes]] = []
+
+    async def persons_in_blocks(
+        self, session: AsyncSession, block_keys: Sequence[bytes], max_block: int
+    ) -> BlockSearch:
+        self.searched.append(set(block_keys))
+        return await super().persons_in_blocks(session, block_keys, max_block)
+
+
+async def test_a_block_found_oversized_is_neither_searched_again_nor_grown(
+    database: Database, identity: IdentityService
+) -> None:
+    """The fourth Ann Lee finds the shared blocks oversized: the worker remembers them, does not
+    add her record to them, and does not search them for the fifth; another worker, which has not
+    met them yet, finds them oversized in the database."""
+    store = RecordingStore()
+    limited = reviewing(database, identity, 2, store=store)
+    customers = await resolve_ann_lees(limited, [*ANN_LEES_OF_1980, ("1980-11-12", "6000")])
+    k = limited.keys
+    shared = set.intersection(
+        *(
+            set(k.block_indexes(k.person(given_name="Ann", surname="Lee", date_of_birth=dob, postcode=postcode)))
+            for dob, postcode in ANN_LEES_OF_1980
+        )
+    )
+    assert shared and all(limited.oversized_blocks.get(key) for key in shared)
+    assert not shared & store.searched[-1]  # the fifth's search
+    assert shared <= store.searched[-2]  # the fourth's, which found them oversized
+
+    async with database.sessions() as session:
+        rows = await session.execute(
+            text(
+                "SELECT p.customer_id, count(*) FROM person_block b JOIN person p ON p.id = b.person_id "
+                "WHERE b.block_key = ANY(:keys) GROUP BY p.customer_id"
+            ),
+            {"keys": list(shared)},
+        )
+        members: dict[str, int] = {customer: count for customer, count in rows.all()}
+    assert {members.get(customer, 0) for customer in customers[:3]} == {len(shared)}
+    assert members.keys().isdisjoint(customers[3:])
+
+    another_worker = reviewing(database, identity, 2)
+    await resolve_ann_lees(another_worker, [("1980-12-13", "7000")])
+    assert all(another_worker.oversized_blocks.get(key) for key in shared)
 
 
 async def test_find_candidates_during_a_blind_index_rotation_searches_the_old_blocks_too(

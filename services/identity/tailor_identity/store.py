@@ -154,15 +154,14 @@ class IdentityStore:
         counts: dict[str, Counter[str]] = {customer: Counter() for customer in customer_ids}
         if not customer_ids:
             return counts
-        rows = await session.execute(
-            text(
-                "SELECT customer_id, id_type, count(*) AS n FROM identifier "
-                "WHERE customer_id = ANY(CAST(:ids AS text[])) GROUP BY customer_id, id_type"
-            ),
-            {"ids": list(customer_ids)},
+        driver = await driver_connection(session)
+        rows = await driver.fetch(
+            "SELECT customer_id, id_type, count(*) FROM identifier "
+            "WHERE customer_id = ANY($1::text[]) GROUP BY customer_id, id_type",
+            list(customer_ids),
         )
-        for row in rows:
-            counts[row.customer_id][row.id_type] = row.n
+        for customer_id, id_type, count in rows:
+            counts[customer_id][id_type] = count
         return counts
 
     async def insert_customers(self, session: AsyncSession, customer_ids: Sequence[str]) -> None:
@@ -451,30 +450,26 @@ class IdentityStore:
             return
         old = [(number, token) for number, p in enumerate(persons, start=1) for token in p.old_fingerprints]
         also_old = (
-            "OR p.fingerprint IN (SELECT o.f FROM unnest(CAST(:on AS bigint[]), CAST(:of AS bytea[])) AS o(n, f) "
-            "WHERE o.n = x.n)"
+            "OR p.fingerprint IN (SELECT o.f FROM unnest($6::bigint[], $7::bytea[]) AS o(n, f) WHERE o.n = x.n)"
             if old
             else ""
         )
-        result = await session.execute(
-            text(
-                "INSERT INTO person (customer_id, fingerprint, ciphertext, key_id, index_key_id) "
-                "SELECT c, f, ct, k, CAST(:i AS int) FROM unnest(CAST(:c AS text[]), CAST(:f AS bytea[]), "
-                "CAST(:ct AS bytea[]), CAST(:k AS int[])) WITH ORDINALITY AS x(c, f, ct, k, n) "
-                "WHERE NOT EXISTS (SELECT 1 FROM person p WHERE p.customer_id = x.c "
-                f"AND (p.fingerprint = x.f {also_old})) "
-                "ORDER BY n RETURNING id, customer_id, fingerprint"
-            ),
-            {
-                "c": _column(persons, "customer_id"),
-                "f": _column(persons, "fingerprint"),
-                "ct": _column(persons, "ciphertext"),
-                "k": _column(persons, "key_id"),
-                "i": persons[0].index_key_id,
-                **({"on": [number for number, _ in old], "of": [token for _, token in old]} if old else {}),
-            },
+        # A batch of new people's hot path: straight to the driver.
+        driver = await driver_connection(session)
+        inserted = await driver.fetch(
+            "INSERT INTO person (customer_id, fingerprint, ciphertext, key_id, index_key_id) "
+            "SELECT c, f, ct, k, $5::int FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[]) "
+            "WITH ORDINALITY AS x(c, f, ct, k, n) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM person p WHERE p.customer_id = x.c AND (p.fingerprint = x.f {also_old})) "
+            "ORDER BY n RETURNING id, customer_id, fingerprint",
+            _column(persons, "customer_id"),
+            _column(persons, "fingerprint"),
+            _column(persons, "ciphertext"),
+            _column(persons, "key_id"),
+            persons[0].index_key_id,
+            *(([number for number, _ in old], [token for _, token in old]) if old else ()),
         )
-        ids = {(row.customer_id, bytes(row.fingerprint)): row.id for row in result}
+        ids = {(customer_id, fingerprint): person_id for person_id, customer_id, fingerprint in inserted}
         block_keys: list[bytes] = []
         person_ids: list[int] = []
         for new in persons:
@@ -486,12 +481,10 @@ class IdentityStore:
         if block_keys:
             # No ON CONFLICT (its extra index probe was a third of this insert's time): the persons
             # were just inserted, and a person's block keys are distinct (matching.block_keys).
-            await session.execute(
-                text(
-                    "INSERT INTO person_block (block_key, person_id) "
-                    "SELECT * FROM unnest(CAST(:b AS bytea[]), CAST(:p AS bigint[]))"
-                ),
-                {"b": block_keys, "p": person_ids},
+            await driver.execute(
+                "INSERT INTO person_block (block_key, person_id) SELECT * FROM unnest($1::bytea[], $2::bigint[])",
+                block_keys,
+                person_ids,
             )
 
     async def persons_in_blocks(

@@ -172,8 +172,8 @@ def reviewing(database: Database, identity: IdentityService, max_block_size: int
 
 
 ANN_LEES_OF_1980 = [("1980-01-02", "2000"), ("1980-05-06", "3000"), ("1980-07-08", "4000"), ("1980-09-10", "5000")]
-"""Four "Ann Lee"s born in 1980, told apart by everything else: they share the name-sound and
-birth-year blocks and no other."""
+"""Four "Ann Lee"s born in 1980, told apart by everything else: they share the blocks of the name
+sounds with the birth year and of the name prefixes, and no other."""
 
 
 async def resolve_ann_lees(service: IdentityService, births: list[tuple[str, str]]) -> list[str]:

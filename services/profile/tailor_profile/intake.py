@@ -11,6 +11,7 @@ import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from tailor.identity.v1 import identity_pb2
 from tailor.profile.v1 import profile_pb2 as pb
@@ -60,17 +61,17 @@ REQUIRED_PAYLOAD = frozenset(
 
 @dataclass(frozen=True)
 class Rejection:
-    index: int
+    position: int
     event_id: str
     field: str
     reason: str
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A valid event waiting to be resolved to a customer."""
+class Candidate(NamedTuple):
+    """A valid event waiting to be resolved to a customer (one per event)."""
 
-    index: int
+    position: int
+    """Its place in its batch."""
     event: pb.Event
     facts: EventFacts
 

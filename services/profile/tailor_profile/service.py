@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -70,9 +70,11 @@ class Status(StrEnum):
     QUEUED = "queued"
 
 
-@dataclass(frozen=True)
-class EventOutcome:
-    index: int
+class EventOutcome(NamedTuple):
+    """What became of one event of a batch."""
+
+    position: int
+    """The event's place in its batch."""
     event_id: str
     status: Status
     customer_id: str = ""
@@ -89,8 +91,7 @@ class ProfileView:
     now: int
 
 
-@dataclass(frozen=True)
-class Resolved:
+class Resolved(NamedTuple):
     candidate: Candidate
     customer_id: str
 
@@ -123,7 +124,7 @@ class ProfileService:
         candidates, repeats = _first_of_each_id(candidates)
         stored = await self._resolve_and_store(candidates, now, session) if candidates else []
         outcomes += stored + _repeat_outcomes(repeats, stored)
-        return sorted(outcomes, key=lambda outcome: outcome.index)
+        return sorted(outcomes, key=lambda outcome: outcome.position)
 
     async def _resolve_and_store(
         self, candidates: list[Candidate], now: datetime, session: AsyncSession | None, *, queue: bool = True
@@ -147,7 +148,8 @@ class ProfileService:
             if problem is not None or not customer_id:
                 field = f"identifiers.{problem.field}" if problem is not None and problem.field else "identifiers"
                 reason = problem.description if problem is not None else "identity resolved no customer"
-                outcomes.append(EventOutcome(candidate.index, candidate.event.id, Status.REJECTED, "", field, reason))
+                outcome = EventOutcome(candidate.position, candidate.event.id, Status.REJECTED, "", field, reason)
+                outcomes.append(outcome)
             else:
                 resolved.append(Resolved(candidate, customer_id))
         stored = await self._in_transaction(session, lambda s: self.store_resolved(s, resolved, now))
@@ -171,7 +173,7 @@ class ProfileService:
         waiting = [c for c in candidates if c.event.id not in known]
         await self.store.add_pending(session, [(c.event.id, c.event.SerializeToString()) for c in waiting])
         return [
-            EventOutcome(c.index, c.event.id, Status.DUPLICATE if c.event.id in known else Status.QUEUED)
+            EventOutcome(c.position, c.event.id, Status.DUPLICATE if c.event.id in known else Status.QUEUED)
             for c in candidates
         ]
 
@@ -205,7 +207,7 @@ class ProfileService:
         await self._fold(session, fresh, int(now.timestamp()))
         return [
             EventOutcome(
-                item.candidate.index,
+                item.candidate.position,
                 row.event_id,
                 Status.ACCEPTED if row.event_id in new_ids else Status.DUPLICATE,
                 row.customer_id,
@@ -477,7 +479,7 @@ def _identifier_keys(event: pb.Event) -> list[IdentifierKey]:
 
 
 def _rejected(rejection: Rejection) -> EventOutcome:
-    return EventOutcome(rejection.index, rejection.event_id, Status.REJECTED, "", rejection.field, rejection.reason)
+    return EventOutcome(rejection.position, rejection.event_id, Status.REJECTED, "", rejection.field, rejection.reason)
 
 
 def _distinct_requests(candidates: Sequence[Candidate]) -> tuple[list[ResolveRequest], list[int]]:
@@ -505,9 +507,9 @@ def _repeat_outcomes(repeats: list[Candidate], firsts: list[EventOutcome]) -> li
     for repeat in repeats:
         first = rejected.get(repeat.event.id)
         if first is None:
-            outcomes.append(EventOutcome(repeat.index, repeat.event.id, Status.DUPLICATE))
+            outcomes.append(EventOutcome(repeat.position, repeat.event.id, Status.DUPLICATE))
         else:
-            outcomes.append(EventOutcome(repeat.index, repeat.event.id, Status.REJECTED, "", first.field, first.reason))
+            outcomes.append(first._replace(position=repeat.position))
     return outcomes
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import operator
 import resource
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +59,61 @@ def _steal_and_total() -> tuple[int, int] | None:
     # Guest time is already counted in user and nice (fields 9 and 10 are part of them).
     busy_and_idle = sum(ticks[:8])
     return ticks[7], busy_and_idle
+
+
+class MachineTimeline:
+    """What the whole machine did, second by second, while a timed phase ran: the share of its cores
+    busy, waiting for I/O and stolen by the host, and how much written data the kernel still held
+    (Dirty + Writeback: it writes that back in bursts, and commits wait behind them). So that a slow
+    stretch of a run can be told apart: the machine saturated, the disk busy, or the host slow.
+    Samples /proc twice a second in a thread (a few hundred microseconds each)."""
+
+    INTERVAL_S = 0.5
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, list[int], int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="machine-timeline", daemon=True)
+
+    def __enter__(self) -> MachineTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sample = _cpu_ticks_and_unwritten_kb()
+            if sample is not None:
+                self.samples.append((time.time(), *sample))
+            self._stop.wait(self.INTERVAL_S)
+
+    def at(self, moment: float) -> dict[str, float]:
+        """The machine over the sampling interval that holds wall-clock `moment` (empty if none)."""
+        for (start, before, _), (end, after, unwritten_kb) in itertools.pairwise(self.samples):
+            if start <= moment < end:
+                ticks = [b - a for a, b in zip(before, after, strict=True)]
+                total = sum(ticks[:8]) or 1
+                busy = total - ticks[3] - ticks[4] - ticks[7]  # running here: not idle, waiting or stolen
+                return {
+                    "busy_pct": round(100 * busy / total, 1),
+                    "iowait_pct": round(100 * ticks[4] / total, 1),
+                    "steal_pct": round(100 * ticks[7] / total, 1),
+                    "unwritten_mb": round(unwritten_kb / 1024, 1),
+                }
+        return {}
+
+
+def _cpu_ticks_and_unwritten_kb() -> tuple[list[int], int] | None:
+    try:
+        first = PROC_STAT.read_text().split("\n", 1)[0].split()
+        memory = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    unwritten = sum(int(line.split()[1]) for line in memory if line.startswith(("Dirty:", "Writeback:")))
+    return [int(value) for value in first[1:9]], unwritten
 
 
 def process_tree_cpu_s(pid: int) -> float:

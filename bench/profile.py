@@ -19,6 +19,7 @@ the throughput target, GetProfile latency, and the profile process's peak memory
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
 import time
@@ -44,6 +45,7 @@ from bench.framework import (
     Benchmark,
     Context,
     Figure,
+    MachineTimeline,
     Reporter,
     Steps,
     at_least,
@@ -328,6 +330,8 @@ async def ingest_at_target_rate(platform: Platform, data: IngestData, report: Re
     pool = ChannelPool(platform.address("profile"), PROFILE_WORKERS, interceptors=[])
     await pool.spread_evenly()
     latencies: list[float] = []
+    calls: list[tuple[float, float]] = []
+    """(scheduled start after the phase's start, latency) of each call, in seconds."""
     not_accepted = 0
     loop = asyncio.get_running_loop()
 
@@ -353,14 +357,17 @@ async def ingest_at_target_rate(platform: Platform, data: IngestData, report: Re
                 await asyncio.sleep(scheduled - loop.time())
                 response = await send(request)
                 latencies.append(loop.time() - scheduled)
+                calls.append((scheduled - start, latencies[-1]))
                 not_accepted += len(response.results) - response.accepted
                 advance(1)
 
-            with cpu_steal() as stolen, cpu_use(_roots(platform)) as used:
+            started_at = time.time() + (start - loop.time())
+            with cpu_steal() as stolen, cpu_use(_roots(platform)) as used, MachineTimeline() as machine:
                 await asyncio.gather(*(call(number, request) for number, request in enumerate(timed)))
             elapsed = loop.time() - start
     finally:
         await pool.close()
+    report.note(slowest_seconds(calls, machine, started_at, SCRATCH_DIR / "profile" / "at_rate_timeline.json"))
     latencies.sort()
     busy_pct = 100 * used()["machine"] / (elapsed * (psutil.cpu_count() or 1))
     report.note(
@@ -377,6 +384,34 @@ async def ingest_at_target_rate(platform: Platform, data: IngestData, report: Re
         "profile.ingest.at_rate_batches": float(len(latencies)),
         "profile.ingest.at_rate_machine_busy_pct": round(busy_pct, 1),
     }
+
+
+def slowest_seconds(calls: list[tuple[float, float]], machine: MachineTimeline, started_at: float, out: Path) -> str:
+    """Each second of the phase (its calls' latencies next to what the machine did), written to
+    `out` for a closer look; returned: the slowest seconds, to tell a saturated machine, a disk
+    busy writing back or a slow host from the services' own work."""
+    by_second: dict[int, list[float]] = {}
+    for offset, latency in calls:
+        by_second.setdefault(int(offset), []).append(latency * 1000)
+    seconds = [
+        {"second": second, "calls": len(ms), "mean_ms": round(sum(ms) / len(ms), 1), "max_ms": round(max(ms), 1)}
+        | machine.at(started_at + second + 0.5)
+        for second, ms in sorted(by_second.items())
+    ]
+    out.write_text(json.dumps(seconds, indent=1))
+    slowest = sorted(seconds, key=lambda row: -row["mean_ms"])[:3]
+    described = "; ".join(f"{row['second']} s: {_second(row)}" for row in slowest)
+    return f"slowest seconds: {described} (every second: {out})"
+
+
+def _second(row: dict[str, float]) -> str:
+    calls = f"mean {row['mean_ms']:.0f} ms, max {row['max_ms']:.0f} ms"
+    if "busy_pct" not in row:
+        return calls
+    return (
+        f"{calls}, cores {row['busy_pct']:.0f}% busy, iowait {row['iowait_pct']:.0f}%, steal {row['steal_pct']:.0f}%, "
+        f"{row['unwritten_mb']:.0f} MB written but not yet on disk"
+    )
 
 
 def get_profiles(platform: Platform, sizes: Sizes, report: Reporter) -> dict[str, float]:
@@ -572,7 +607,10 @@ BENCHMARK = Benchmark(
         "batch follows its previous one by 200 ms. This is the p99 the target asks for: how long a batch "
         "takes while the service sustains the rate it must sustain. The throughput run's own p99 is given "
         "for reference only: with 4 calls kept in flight on a saturated machine, Little's law sets its mean "
-        "latency to 4 / the batches answered per second (200 ms at 20 a second), whatever the service does.",
+        "latency to 4 / the batches answered per second (200 ms at 20 a second), whatever the service does. "
+        "Each second of the phase (its calls' mean and max latency; the cores busy, in iowait and stolen; "
+        "data the kernel still had to write back) is written to bench/out/profile/at_rate_timeline.json, "
+        "and the run's output names the slowest three.",
         "No-op: a grpc.aio IngestEvents servicer in its own process that parses the batch and answers "
         "'accepted' per event, driven by the same client with the first batches.",
         "GetProfile: random stored profiles by customer id, 2 s warm-up then 10 s, concurrency 8 from one client "

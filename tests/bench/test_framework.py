@@ -1,12 +1,13 @@
-"""bench.framework: what the profile benchmark charges each process tree (cpu_use), and the frozen heap
-of a client timing calls from its own process (frozen_heap)."""
+"""bench.framework: what the profile benchmark charges each process tree (cpu_use), the frozen heap
+of a client timing calls from its own process (frozen_heap), and the machine's second-by-second
+timeline (MachineTimeline)."""
 
 import gc
 import subprocess
 import sys
 import time
 
-from bench.framework import cpu_use, frozen_heap
+from bench.framework import MachineTimeline, cpu_use, frozen_heap
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
 PARENT = (
@@ -52,3 +53,23 @@ def test_a_frozen_heap_is_out_of_the_collectors_sight_only_inside_the_block() ->
         in_sight = {id(tracked) for tracked in gc.get_objects()}
         assert not any(id(item) in in_sight for item in prepared[:3])
     assert gc.get_freeze_count() == 0
+
+
+def test_the_timeline_shares_each_interval_between_busy_iowait_and_steal() -> None:
+    timeline = MachineTimeline()
+    # /proc/stat's first eight fields: user, nice, system, idle, iowait, irq, softirq, steal.
+    timeline.samples = [
+        (100.0, [0, 0, 0, 0, 0, 0, 0, 0], 2048),
+        (100.5, [50, 0, 10, 20, 10, 0, 0, 10], 409_600),
+    ]
+    assert timeline.at(100.2) == {"busy_pct": 60.0, "iowait_pct": 10.0, "steal_pct": 10.0, "unwritten_mb": 400.0}
+    assert timeline.at(99.0) == {}
+    assert timeline.at(100.5) == {}
+
+
+def test_the_timeline_samples_the_machine_while_it_runs() -> None:
+    with MachineTimeline() as timeline:
+        time.sleep(1.2)
+    assert len(timeline.samples) >= 2
+    busy = timeline.at(timeline.samples[0][0])
+    assert 0 <= busy["busy_pct"] <= 100

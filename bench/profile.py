@@ -330,8 +330,7 @@ async def ingest_at_target_rate(platform: Platform, data: IngestData, report: Re
     pool = ChannelPool(platform.address("profile"), PROFILE_WORKERS, interceptors=[])
     await pool.spread_evenly()
     latencies: list[float] = []
-    calls: list[tuple[float, float]] = []
-    """(scheduled start after the phase's start, latency) of each call, in seconds."""
+    calls: list[tuple[float, float]] = []  # (scheduled start after the phase's start, latency), seconds
     not_accepted = 0
     loop = asyncio.get_running_loop()
 

@@ -49,16 +49,20 @@ def cpu_steal() -> Iterator[Callable[[], float | None]]:
 
 def _steal_and_total() -> tuple[int, int] | None:
     """(steal, all) CPU time since boot in clock ticks, summed over the CPUs."""
+    ticks = _cpu_ticks()
+    return None if ticks is None else (ticks[7], sum(ticks))
+
+
+def _cpu_ticks() -> list[int] | None:
+    """CPU time since boot in clock ticks, summed over the CPUs: user, nice, system, idle, iowait,
+    irq, softirq, steal. (Guest time, the fields after, is already counted in user and nice.)"""
     try:
         first = PROC_STAT.read_text().split("\n", 1)[0].split()
     except OSError:
         return None
     if len(first) < 9 or first[0] != "cpu":
         return None
-    ticks = [int(value) for value in first[1:]]
-    # Guest time is already counted in user and nice (fields 9 and 10 are part of them).
-    busy_and_idle = sum(ticks[:8])
-    return ticks[7], busy_and_idle
+    return [int(value) for value in first[1:9]]
 
 
 class MachineTimeline:
@@ -107,13 +111,14 @@ class MachineTimeline:
 
 
 def _cpu_ticks_and_unwritten_kb() -> tuple[list[int], int] | None:
+    ticks = _cpu_ticks()
+    if ticks is None:
+        return None
     try:
-        first = PROC_STAT.read_text().split("\n", 1)[0].split()
         memory = Path("/proc/meminfo").read_text().splitlines()
     except OSError:
         return None
-    unwritten = sum(int(line.split()[1]) for line in memory if line.startswith(("Dirty:", "Writeback:")))
-    return [int(value) for value in first[1:9]], unwritten
+    return ticks, sum(int(line.split()[1]) for line in memory if line.startswith(("Dirty:", "Writeback:")))
 
 
 def process_tree_cpu_s(pid: int) -> float:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import asyncpg
@@ -21,6 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from tailor_platform import telemetry
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -260,6 +263,23 @@ async def driver_connection(session: AsyncSession) -> Driver:
         else:
             await session.execute(text("SELECT 1"))
     return Driver(driver)
+
+
+async def while_running(statement: Coroutine[Any, Any, T], work: Callable[[], U]) -> tuple[T, U]:
+    """Send `statement` (a `Driver` call), do the CPU-bound `work` while PostgreSQL runs it, then
+    wait for the statement: the database and this process work at once, on different cores,
+    instead of each waiting for the other. `work` must not use the statement's connection. If
+    `work` fails, the statement is still waited for (its connection stays usable) and the failure
+    is raised. (A statement the connection has not prepared yet costs a round trip first, so it
+    overlaps the work from its second use on.)"""
+    sent = asyncio.ensure_future(statement)
+    await asyncio.sleep(0)  # the statement's task runs up to its first wait: the query is on the wire
+    try:
+        result = work()
+    except BaseException:
+        await asyncio.gather(sent, return_exceptions=True)
+        raise
+    return await sent, result
 
 
 async def _json_codecs(connection: asyncpg.Connection) -> None:

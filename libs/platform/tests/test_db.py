@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 from tailor_cli.embedded import EmbeddedPostgres
 from tailor_cli.testing import Infra
-from tailor_platform.db import Database, ReadPool, driver_connection, driver_url, sqlstate
+from tailor_platform.db import Database, ReadPool, driver_connection, driver_url, sqlstate, while_running
 
 
 async def test_a_database_restart_costs_no_caller_an_error(tmp_path: Path) -> None:
@@ -122,5 +124,37 @@ async def test_the_tls_setting_of_a_database_url_reaches_the_read_pool_as_asyncp
         assert row is not None and row["n"] == 5
         async with database.transaction() as session:  # SQLAlchemy with the URL as given
             assert (await session.execute(text("SELECT 6"))).scalar_one() == 6
+    finally:
+        await database.dispose()
+
+
+async def test_a_statement_runs_in_the_database_while_the_process_works(infra: Infra) -> None:
+    """`while_running` has PostgreSQL run the statement during the work, not after it; when the
+    work fails, the statement is still waited for and the connection can go on being used."""
+    database = Database(infra.server_url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    try:
+        now = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
+        async def clock(session: AsyncSession) -> object:  # as a store's query: the driver first
+            return await (await driver_connection(session)).fetchval(now)
+
+        async with database.transaction() as session:
+            driver = await driver_connection(session)
+
+            def work() -> float:
+                time.sleep(0.3)
+                return time.time()
+
+            await clock(session)  # prepared once (a round trip of its own), as hot paths' statements are
+            ran_at, worked_until = await while_running(clock(session), work)
+            assert isinstance(ran_at, float)
+            assert ran_at < worked_until - 0.2  # it ran at the start of the work, not after it
+
+            def failing() -> None:
+                raise ValueError("the work failed")
+
+            with pytest.raises(ValueError, match="the work failed"):
+                await while_running(driver.fetchval("SELECT pg_sleep(0.05)"), failing)
+            assert await driver.fetchval("SELECT 7") == 7
     finally:
         await database.dispose()

@@ -2,9 +2,9 @@
 
 Ingesting a batch: validate every event (bad ones are rejected alone), resolve all of them with ONE
 identity.ResolveBatch call, then one transaction of a few set-based statements: lock the customers,
-follow merge aliases, insert the events (a known id is a duplicate and changes nothing), load the
-customers' trait states, fold the new events in, save the states, and write profile.updated with
-the traits that changed to the outbox. When identity is unreachable the valid events are stored in
+follow merge aliases, load the customers' trait states, insert the events (a known id is a
+duplicate and changes nothing) while folding them in, save the states, and write profile.updated
+with the traits that changed to the outbox. When identity is unreachable the valid events are stored in
 `pending_event` instead and resolved by `resolve_pending` when it is back: nothing is dropped.
 """
 
@@ -26,7 +26,7 @@ from tailor.profile.v1 import profile_pb2 as pb
 from tailor_platform.bus.envelope import new_envelope
 from tailor_platform.bus.merges import Merge, Unmerge
 from tailor_platform.bus.outbox import Outbox
-from tailor_platform.db import Database, sqlstate
+from tailor_platform.db import Database, sqlstate, while_running
 from tailor_platform.protobuf import now_timestamp
 from tailor_platform.validation import Validator
 
@@ -94,6 +94,19 @@ class ProfileView:
 class Resolved(NamedTuple):
     candidate: Candidate
     customer_id: str
+
+
+class TraitChange(NamedTuple):
+    customer_id: str
+    traits: dict[str, Any]
+    """Name -> new value of the traits that changed."""
+    events: int
+    """The new events that changed them."""
+
+
+class Folded(NamedTuple):
+    states: dict[str, TraitState]
+    changes: list[TraitChange]
 
 
 class ProfileService:
@@ -180,7 +193,11 @@ class ProfileService:
     async def store_resolved(
         self, session: AsyncSession, resolved: Sequence[Resolved], now: datetime
     ) -> list[EventOutcome]:
-        """Append resolved events to their customers' timelines and fold them into the traits."""
+        """Append resolved events to their customers' timelines and fold them into the traits.
+
+        The fold is computed while PostgreSQL inserts the events, as if all of them were new (as
+        they almost always are); the insert says which were, and if some were not (re-sent), the
+        new ones alone are folded again into the states as stored."""
         if not resolved:
             return []
         customers = {r.customer_id for r in resolved}
@@ -199,12 +216,16 @@ class ProfileService:
             )
             for item in resolved
         ]
-        new_ids = await self.store.insert_events(session, rows)
-        fresh: dict[str, list[EventFacts]] = defaultdict(list)
-        for row, item in zip(rows, resolved, strict=True):
-            if row.event_id in new_ids:
-                fresh[row.customer_id].append(item.candidate.facts)
-        await self._fold(session, fresh, int(now.timestamp()))
+        moment = int(now.timestamp())
+        batch = _facts_by_customer(rows, resolved)
+        saved = await self.store.load_states(session, list(batch))
+        new_ids, folded = await while_running(
+            self.store.insert_events(session, rows), lambda: self._fold(saved, batch, moment)
+        )
+        if len(new_ids) < len(rows):
+            fresh = _facts_by_customer(rows, resolved, new_ids)
+            folded = self._fold(await self.store.load_states(session, list(fresh)), fresh, moment)
+        await self._save_and_announce(session, folded, moment)
         return [
             EventOutcome(
                 item.candidate.position,
@@ -215,16 +236,12 @@ class ProfileService:
             for row, item in zip(rows, resolved, strict=True)
         ]
 
-    async def _fold(self, session: AsyncSession, fresh: dict[str, list[EventFacts]], now: int) -> None:
-        """Fold new events into their customers' states and announce the traits that changed since
-        they were last announced (time may have changed some too)."""
-        if not fresh:
-            return
-        saved = await self.store.load_states(session, list(fresh))
+    def _fold(self, saved: Mapping[str, SavedState], batch: Mapping[str, list[EventFacts]], now: int) -> Folded:
+        """Fold each customer's new events into its state (the loaded one, changed in place) and
+        find the traits that changed since they were last announced (time may have changed some)."""
         states = {}
-        envelopes = []
-        at = now_timestamp()
-        for customer_id, facts in fresh.items():
+        changes = []
+        for customer_id, facts in batch.items():
             previous = saved.get(customer_id)
             before = self._announced(previous)
             state = states[customer_id] = previous.state if previous is not None else TraitState()
@@ -233,8 +250,19 @@ class ProfileService:
             prune(state, now)
             changed = changed_traits(before, evaluate(state, now, self.settings).flat())
             if changed:
-                envelopes.append(self._updated(customer_id, changed, "events", len(facts), at))
-        await self.store.save_states(session, states, now)
+                changes.append(TraitChange(customer_id, changed, len(facts)))
+        return Folded(states, changes)
+
+    async def _save_and_announce(self, session: AsyncSession, folded: Folded, now: int) -> None:
+        """Save the folded states and put profile.updated for the changes in the outbox (the
+        envelopes are made while PostgreSQL saves the states)."""
+        if not folded.states:
+            return
+        at = now_timestamp()
+        _, envelopes = await while_running(
+            self.store.save_states(session, folded.states, now),
+            lambda: [self._updated(c.customer_id, c.traits, "events", c.events, at) for c in folded.changes],
+        )
         await self.outbox.add_many(session, envelopes)
 
     def _announced(self, saved: SavedState | None) -> dict[str, Any]:
@@ -511,6 +539,18 @@ def _repeat_outcomes(repeats: list[Candidate], firsts: list[EventOutcome]) -> li
         else:
             outcomes.append(first._replace(position=repeat.position))
     return outcomes
+
+
+def _facts_by_customer(
+    rows: Sequence[EventRow], resolved: Sequence[Resolved], only: set[str] | None = None
+) -> dict[str, list[EventFacts]]:
+    """The events of a batch by the customer they are stored under (only those whose ids are in
+    `only`, if given)."""
+    grouped: dict[str, list[EventFacts]] = defaultdict(list)
+    for row, item in zip(rows, resolved, strict=True):
+        if only is None or row.event_id in only:
+            grouped[row.customer_id].append(item.candidate.facts)
+    return grouped
 
 
 def _first_of_each_id(candidates: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:

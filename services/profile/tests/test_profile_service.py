@@ -188,6 +188,20 @@ def test_a_resent_event_changes_nothing(stub: Stub) -> None:
     assert by_email(stub, who).traits.orders == 1
 
 
+def test_a_batch_of_new_and_resent_events_folds_in_the_new_ones_only(stub: Stub) -> None:
+    """The fold runs while the events are inserted, as if all were new; the re-sent ones it must
+    then leave out, for their customer and no other."""
+    who, other = email(), email()
+    sent = make_event("order_completed", ago(days=3), email=who, purchase=purchase(item(price=700)))
+    ingest(stub, [sent])
+    new = make_event("order_completed", ago(days=1), email=who, purchase=purchase(item(price=300)))
+    response = ingest(stub, [sent, new, make_event("page_view", ago(hours=1), email=other)])
+    assert (response.accepted, response.duplicates) == (2, 1)
+    traits = by_email(stub, who).traits
+    assert (traits.events, traits.orders, traits.revenue_minor) == (2, 2, 1000)
+    assert by_email(stub, other).traits.events == 1
+
+
 def test_bad_events_are_rejected_one_by_one_and_the_rest_is_kept(stub: Stub) -> None:
     who = email()
     good = make_event("page_view", ago(hours=1), email=who)

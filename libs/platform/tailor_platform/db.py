@@ -266,8 +266,9 @@ async def driver_connection(session: AsyncSession) -> Driver:
 
 
 async def while_running(statement: Coroutine[Any, Any, T], work: Callable[[], U]) -> tuple[T, U]:
-    """Send `statement` (a `Driver` call), do the CPU-bound `work` while PostgreSQL runs it, then
-    wait for the statement: the database and this process work at once, on different cores,
+    """Send `statement` (a `Driver` call, or a store method whose first step sends one), do the
+    CPU-bound `work` while PostgreSQL runs it, then wait for the statement (and whatever the
+    coroutine does after it): the database and this process work at once, on different cores,
     instead of each waiting for the other. `work` must not use the statement's connection. If
     `work` fails, the statement is still waited for (its connection stays usable) and the failure
     is raised. (A statement the connection has not prepared yet costs a round trip first, so it

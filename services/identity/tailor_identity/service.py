@@ -17,7 +17,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor.events.v1.envelope_pb2 import Envelope
 from tailor_platform.bus.outbox import Outbox
-from tailor_platform.db import Database, sqlstate
+from tailor_platform.db import Database, driver_connection, sqlstate, while_running
 from tailor_platform.errors import FailedPrecondition, NotFound
 from tailor_platform.lru import LruCache
 
@@ -292,17 +292,27 @@ class IdentityService:
     async def _resolve(
         self, session: AsyncSession, records: Sequence[Record], compared: Counter[str]
     ) -> list[Resolution]:
-        planner = await self._planner(
-            session, [record.keys for record in records], adds_person=[record.person is not None for record in records]
+        # Block keys of every person record, made once (matching and storing both need them) while
+        # PostgreSQL looks up the owners of the batch's keys: the transaction is opened first, so
+        # that the lookup is the planner's first round trip.
+        await driver_connection(session)
+        planner, blocks = await while_running(
+            self._planner(
+                session,
+                [record.keys for record in records],
+                adds_person=[record.person is not None for record in records],
+            ),
+            lambda: {
+                i: self.keys.block_indexes(record.person)
+                for i, record in enumerate(records)
+                if record.person is not None
+            },
         )
         outcomes = [planner.resolve(record) for record in records]
-        # Block keys of every person record, made once: matching and storing both need them.
-        blocks = {
-            i: self.keys.block_indexes(record.person) for i, record in enumerate(records) if record.person is not None
-        }
         review = await self._match(session, records, outcomes, planner, blocks, compared)
-        await self._write(session, planner, source="resolve")
-        await self._write_persons(session, records, outcomes, planner, blocks)
+        await self._write(
+            session, planner, source="resolve", persons=lambda: self._new_persons(records, outcomes, planner, blocks)
+        )
         await self.store.add_candidates(
             session,
             [(planner.find(a), planner.find(b), p, w, matching.describe(pattern)) for a, b, p, w, pattern in review],
@@ -332,11 +342,39 @@ class IdentityService:
                 reported.add(customer)
         return results
 
-    async def _write(self, session: AsyncSession, planner: Planner, *, source: str, evidence: str = "") -> None:
-        """Write what the planner decided: customers, keys, merges, conflicts, and their events."""
+    async def _write(
+        self,
+        session: AsyncSession,
+        planner: Planner,
+        *,
+        source: str,
+        evidence: str = "",
+        persons: Callable[[], list[NewPerson]] = list,
+    ) -> None:
+        """Write what the planner decided: customers, keys, merges, conflicts, their events, and
+        the person records `persons` makes. The keys are encrypted while the customers are
+        inserted, and the person records made while the keys are."""
         created = planner.materialized()
-        await self.store.insert_customers(session, created)
-        new_keys = [
+        _, new_keys = await while_running(
+            self.store.insert_customers(session, created), lambda: self._new_identifiers(planner, source, evidence)
+        )
+        # A key taken meanwhile fails the insert: the batch is retried (23505).
+        _, new_persons = await while_running(self.store.insert_identifiers(session, new_keys), persons)
+        envelopes: list[Envelope] = [events.resolved(created)] if created else []
+        envelopes += await self._merge_planned(session, planner.merges)
+        await self.store.add_conflicts(
+            session,
+            [
+                (c.customer_id, c.other_customer_id, c.id_type, c.blind_index, c.reason)
+                for c in _final_conflicts(planner, planner.conflicts)
+            ],
+        )
+        await self.outbox.add_many(session, envelopes)
+        await self.store.insert_persons(session, new_persons)
+
+    def _new_identifiers(self, planner: Planner, source: str, evidence: str) -> list[NewIdentifier]:
+        """The keys the planner attached, encrypted."""
+        return [
             NewIdentifier(
                 key.blind_index,
                 key.id_type,
@@ -351,17 +389,6 @@ class IdentityService:
             # order on the unique index instead of deadlocking (and waiting a second to find out).
             for key, customer in sorted(planner.attached, key=lambda item: item[0].blind_index)
         ]
-        await self.store.insert_identifiers(session, new_keys)  # a key taken meanwhile: retried (23505)
-        envelopes: list[Envelope] = [events.resolved(created)] if created else []
-        envelopes += await self._merge_planned(session, planner.merges)
-        await self.store.add_conflicts(
-            session,
-            [
-                (c.customer_id, c.other_customer_id, c.id_type, c.blind_index, c.reason)
-                for c in _final_conflicts(planner, planner.conflicts)
-            ],
-        )
-        await self.outbox.add_many(session, envelopes)
 
     async def _merge_planned(self, session: AsyncSession, merges: Sequence[PlannedMerge]) -> list[Envelope]:
         """A batch's merges in four statements however many there are; each is logged with what it
@@ -399,14 +426,10 @@ class IdentityService:
         log.info("merged %d customer(s) into %s (merge %s)", len(absorbed), survivor, merge_id)
         return merge_id, events.merged(survivor, absorbed, evidence, merge_id)
 
-    async def _write_persons(
-        self,
-        session: AsyncSession,
-        records: Sequence[Record],
-        outcomes: list[Outcome],
-        planner: Planner,
-        blocks: dict[int, list[bytes]],
-    ) -> None:
+    def _new_persons(
+        self, records: Sequence[Record], outcomes: list[Outcome], planner: Planner, blocks: dict[int, list[bytes]]
+    ) -> list[NewPerson]:
+        """The batch's person records, encrypted, each with its (final) customer and block keys."""
         persons = []
         oversized = self.oversized_blocks
         for index, (record, outcome) in enumerate(zip(records, outcomes, strict=True)):
@@ -424,7 +447,7 @@ class IdentityService:
                     self.keys.old_fingerprints(record.person),
                 )
             )
-        await self.store.insert_persons(session, persons)
+        return persons
 
     # -- probabilistic matching ------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from tailor_platform.db import NAMING_CONVENTION, Database, driver_connection
 
@@ -54,8 +53,9 @@ profile_state = Table(
     "profile_state",
     metadata,
     Column("customer_id", String(128), primary_key=True),
-    # TraitState.to_json(): order-independent aggregates, traits are evaluated from it at read time.
-    Column("state", JSONB, nullable=False),
+    # TraitState.to_json() as JSON bytes: order-independent aggregates, traits are evaluated from
+    # them at read time. Not JSONB: only ever read and written whole (migration 0009).
+    Column("state", LargeBinary, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # Epoch seconds: when the traits were last announced (profile.updated reports changes since),
     # and when time alone changes them next (a window moves on; NULL: never), for the sweep.
@@ -237,7 +237,7 @@ class ProfileStore:
             return {}
         driver = await driver_connection(session)
         rows = await driver.fetch(
-            "SELECT customer_id, state::text, announced_at FROM profile_state WHERE customer_id = ANY($1::text[])",
+            "SELECT customer_id, state, announced_at FROM profile_state WHERE customer_id = ANY($1::text[])",
             list(customer_ids),
         )
         return {row[0]: SavedState(TraitState.from_json(orjson.loads(row[1])), row[2]) for row in rows}
@@ -249,13 +249,13 @@ class ProfileStore:
         driver = await driver_connection(session)
         await driver.execute(
             "INSERT INTO profile_state (customer_id, state, updated_at, announced_at, next_change_at) "
-            "SELECT c, s::jsonb, now(), $3, n FROM unnest($1::text[], $2::text[], $4::bigint[]) AS t(c, s, n) "
+            "SELECT c, s, now(), $3, n FROM unnest($1::text[], $2::bytea[], $4::bigint[]) AS t(c, s, n) "
             "ON CONFLICT (customer_id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, "
             "announced_at = EXCLUDED.announced_at, next_change_at = EXCLUDED.next_change_at",
             list(states),
             # orjson: a state is a few KB of JSON per customer per batch; the standard library
             # took as long to write and read them as evaluating the traits.
-            [orjson.dumps(state.to_json()).decode() for state in states.values()],
+            [orjson.dumps(state.to_json()) for state in states.values()],
             now,
             [next_change(state, now) for state in states.values()],
         )
@@ -370,7 +370,7 @@ class ProfileStore:
         round trip straight to the driver: GetProfile's whole read, without ORM overhead."""
         row = await db.read_row(PROFILE_QUERY, customer_id)
         assert row is not None, "the query always returns one row"
-        state = TraitState.from_json(row["state"]) if row["state"] is not None else None
+        state = TraitState.from_json(orjson.loads(row["state"])) if row["state"] is not None else None
         attributes = [
             AttributeValue(name, value, source, datetime.fromisoformat(updated_at))
             for name, value, source, updated_at in row["attributes"]

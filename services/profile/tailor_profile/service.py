@@ -4,8 +4,9 @@ Ingesting a batch: validate every event (bad ones are rejected alone), resolve a
 identity.ResolveBatch call, then one transaction of a few set-based statements: lock the customers,
 follow merge aliases, load the customers' trait states, insert the events (a known id is a
 duplicate and changes nothing) while folding them in, save the states, and write profile.updated
-with the traits that changed to the outbox. When identity is unreachable the valid events are stored in
-`pending_event` instead and resolved by `resolve_pending` when it is back: nothing is dropped.
+with the traits that changed to the outbox. When identity is unreachable the valid events are
+stored in `pending_event` instead and resolved by `resolve_pending` when it is back: nothing is
+dropped.
 """
 
 from __future__ import annotations

@@ -445,7 +445,7 @@ BENCHMARK = Benchmark(
         ),
         Figure(
             "identity.resolve_batch.cpu_ms_at_rate.identity",
-            "CPU per batch at 20,000 records/s: identity (its worker processes)",
+            "CPU per batch at 20,000 records/s: identity (its processes: workers and background)",
             "ms",
         ),
         Figure(
@@ -485,7 +485,8 @@ BENCHMARK = Benchmark(
         "phase is frozen out of its garbage collector's sight (gc.freeze): full collections of the prepared "
         "requests paused it for 60-80 ms, and calls it sent or read late counted that as the service's latency. "
         "The service runs 2 worker processes "
-        "(TAILOR_IDENTITY_WORKERS=2) sharing its port; the client spreads its connections over them "
+        "(TAILOR_IDENTITY_WORKERS=2) sharing its port (and the background worker relaying their outbox, at a "
+        "lower CPU priority); the client spreads its connections over them "
         "(ChannelPool.spread, as profile's identity client does), one per worker.",
         "Key rotation, last: identity restarts with new encryption and blind index keys (the old ones kept "
         "as old keys) and everything stored is re-keyed through ReKey, 10,000 rows per call, each call going "

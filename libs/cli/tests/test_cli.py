@@ -24,6 +24,7 @@ from tailor_cli.testing import Infra
 from tailor_platform.channels import WORKER_HEADER, ChannelPool
 from tailor_platform.config import database_url_for
 from tailor_platform.db import driver_url
+from tailor_platform.service import BACKGROUND_NICENESS
 
 
 def tailor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -128,11 +129,16 @@ async def workers_reached(address: str, size: int) -> Counter[str]:
 
 def test_workers_share_the_port_and_stop_together(start_platform: Callable[..., Platform]) -> None:
     """TAILOR_<SERVICE>_WORKERS=2: two worker processes answer on the one port (connections are
-    spread over them), and SIGTERM to the service stops both cleanly."""
-    platform = start_platform(["consent"], {"TAILOR_CONSENT_WORKERS": "2"})
+    spread over them), a third one at a lower CPU priority relays their outbox commits at once, and
+    SIGTERM to the service stops all of them cleanly."""
+    # Without the commits passed on, the relay would only find an event at its next poll.
+    platform = start_platform(["consent"], {"TAILOR_CONSENT_WORKERS": "2", "TAILOR_OUTBOX_POLL_INTERVAL_S": "60"})
     supervisor = psutil.Process(platform.running["consent"].process.pid)
     workers = [child for child in supervisor.children() if "resource_tracker" not in " ".join(child.cmdline())]
-    assert len(workers) == 2
+    assert len(workers) == 3
+    assert sorted(worker.nice() - supervisor.nice() for worker in workers) == [0, 0, BACKGROUND_NICENESS]
+    asyncio.run(consent_changed_is_published(platform, "c-relayed-1"))  # the relay runs by now
+    assert asyncio.run(consent_changed_is_published(platform, "c-relayed-2")) < 20
 
     async def check_over_many_connections() -> None:
         pool = ChannelPool(platform.address("consent"), 8, interceptors=[])
@@ -155,6 +161,34 @@ def test_workers_share_the_port_and_stop_together(start_platform: Callable[..., 
     assert all(worker.is_running() for worker in workers)
     assert platform.stop_service("consent") == 0
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+
+
+async def consent_changed_is_published(platform: Platform, customer_id: str) -> float:
+    """Seconds from a SetConsent call to its consent.changed on NATS (which the outbox relays)."""
+    assert platform.nats_url is not None
+    connection = await nats.connect(platform.nats_url)
+    subscription = await connection.subscribe("tailor.consent.>")
+    pool = ChannelPool(platform.address("consent"), 2, interceptors=[])
+    try:
+        started = time.monotonic()
+        for channel in range(2):  # a call through each worker's connection
+            await consent_pb2_grpc.ConsentServiceStub(pool.channel()).SetConsent(
+                consent_pb2.SetConsentRequest(
+                    customer_id=customer_id,
+                    purpose="marketing",
+                    channel=("email", "sms")[channel],
+                    granted=True,
+                    source="test",
+                    request_id=f"{customer_id}-{channel}",
+                )
+            )
+        for _ in range(2):
+            message = await subscription.next_msg(timeout=90)
+            assert customer_id.encode() in message.data
+        return time.monotonic() - started
+    finally:
+        await pool.close()
+        await connection.close()
 
 
 @contextlib.contextmanager

@@ -81,7 +81,8 @@ class ServiceSettings(PlatformSettings):
         ge=1,
         le=64,
         description="Server processes sharing the gRPC port (TAILOR_<SERVICE>_WORKERS): Python runs one "
-        "core per process, so a CPU-bound service uses more cores with more workers.",
+        "core per process, so a CPU-bound service uses more cores with more workers. With more than one, "
+        "one more process runs the outbox relay, consumers and background tasks at a lower CPU priority.",
     )
     service_database_url: str = ""
     database_read_connections: int = Field(

@@ -10,9 +10,12 @@ function that returns its servicers, subscriptions and listeners); `run_service`
 - on SIGTERM/SIGINT: NOT_SERVING, drain in-flight calls, stop consumers, flush the outbox, drain
   NATS, dispose the engine, flush spans.
 
-With `workers` > 1 the process supervises that many worker processes, each all of the above, sharing
-the gRPC port (SO_REUSEPORT: the kernel spreads incoming connections over them). Workers are what
-replicas are to each other: the outbox relay, the durable consumers and the database make that safe.
+With `workers` > 1 the process supervises that many worker processes serving calls, sharing the gRPC
+port (SO_REUSEPORT: the kernel spreads incoming connections over them), and one background worker
+that runs the outbox relay, the durable consumers and the background tasks at a lower CPU priority
+(`Role`): on a machine whose cores the service shares, a call does not wait behind events being
+relayed or consumed. Workers are what replicas are to each other: the outbox relay, the durable
+consumers and the database make that safe.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,20 @@ log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SHUTDOWN_STEP_S = 5.0
+BACKGROUND_NICENESS = 10
+"""How much lower the background worker's CPU priority is (`nice`): at 10, a worker serving calls
+gets about nine times its share of a busy core."""
+
+
+class Role(StrEnum):
+    """What one process of a service does."""
+
+    ALL = "all"
+    """The only process: serves calls and does the background work."""
+    CALLS = "calls"
+    """One of several workers: serves calls; its outbox commits wake the background worker's relay."""
+    BACKGROUND = "background"
+    """The one background worker beside them: outbox relay, durable consumers, background tasks."""
 
 
 @dataclass
@@ -70,16 +88,19 @@ class Runtime:
 @dataclass
 class Components:
     """What a service contributes: servicers (registered by `register`), the full names of its gRPC
-    services (for health and reflection), durable subscriptions, per-replica listeners, background
-    tasks (started once the database and NATS are up, cancelled on shutdown), and work to finish
-    on shutdown once the last call was served (what a service keeps in memory for a moment before
-    writing it, saved before the database is closed)."""
+    services (for health and reflection), durable subscriptions, listeners held by every process
+    serving calls (for their caches), background tasks (started once the database and NATS are up,
+    cancelled on shutdown) and the listeners that wake them, and work to finish on shutdown once the
+    last call was served (what a service keeps in memory for a moment before writing it, saved
+    before the database is closed)."""
 
     register: Callable[[grpc.aio.Server], None]
     service_names: list[str]
     subscriptions: list[Subscription] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    background_listeners: list[Listener] = field(default_factory=list)
+    """Listeners that wake background tasks: held where those run, not by the workers serving calls."""
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -96,9 +117,10 @@ class ServiceSpec:
 
 
 class ServiceProcess:
-    def __init__(self, spec: ServiceSpec, settings: ServiceSettings | None = None) -> None:
+    def __init__(self, spec: ServiceSpec, settings: ServiceSettings | None = None, role: Role = Role.ALL) -> None:
         self.spec = spec
         self.settings = settings or spec.settings()
+        self.role = role
         self.db = Database(self.settings.service_database_url, read_connections=self.settings.database_read_connections)
         self.outbox = Outbox(
             self.db,
@@ -122,7 +144,31 @@ class ServiceProcess:
         self._stop = asyncio.Event()
         self.port = 0
 
+    @property
+    def serves_calls(self) -> bool:
+        return self.role is not Role.BACKGROUND
+
+    @property
+    def does_background_work(self) -> bool:
+        return self.role is not Role.CALLS
+
     async def start(self) -> None:
+        if self.serves_calls:
+            await self._start_server()
+        await self._connect()
+        nc = self._nats()
+        if self.does_background_work:
+            self._tasks.append(asyncio.create_task(self.outbox.run(nc), name="outbox-relay"))
+            for consumer in self.consumers:
+                self._tasks.append(asyncio.create_task(consumer.run(self._jetstream()), name=consumer.durable))
+            for work in self.components.background:
+                self._tasks.append(asyncio.create_task(work(), name=getattr(work, "__name__", "background")))
+        else:
+            self._tasks.append(asyncio.create_task(self.outbox.forward_commits(nc), name="outbox-commits"))
+        if self.serves_calls:
+            self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
+
+    async def _start_server(self) -> None:
         server = self.server = grpc.aio.server(
             interceptors=[CallGuard(authenticator_for(self.settings.auth_mode))],
             # Off unless workers share the port: a second server on a taken port must fail, not share.
@@ -138,13 +184,6 @@ class ServiceProcess:
         self.port = server.add_insecure_port(address)
         await server.start()
         log.info("%s listening on %s", self.spec.name, address)
-        await self._connect()
-        self._tasks.append(asyncio.create_task(self.outbox.run(self._nats()), name="outbox-relay"))
-        for consumer in self.consumers:
-            self._tasks.append(asyncio.create_task(consumer.run(self._jetstream()), name=consumer.durable))
-        for work in self.components.background:
-            self._tasks.append(asyncio.create_task(work(), name=getattr(work, "__name__", "background")))
-        self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
 
     def _nats(self) -> NATS:
         assert self.nc is not None, "NATS is not connected yet"
@@ -175,8 +214,14 @@ class ServiceProcess:
                 await asyncio.sleep(1.0)
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, replicas=self.settings.nats_replicas)
-        for listener in self.components.listeners:
+        for listener in self._listeners():
             self._listening[await listener.attach(self.nc)] = listener
+
+    def _listeners(self) -> list[Listener]:
+        return [
+            *(self.components.listeners if self.serves_calls else []),
+            *(self.components.background_listeners if self.does_background_work else []),
+        ]
 
     async def _on_nats_error(self, error: Exception) -> None:
         # nats-py logs a full traceback per reconnect attempt by default; one line is enough.
@@ -191,7 +236,7 @@ class ServiceProcess:
         await self._set_health(NOT_SERVING)
 
     async def _on_reconnected(self) -> None:
-        for listener in self.components.listeners:
+        for listener in self._listeners():
             await listener.on_gap()
 
     async def _watch_health(self) -> None:
@@ -245,8 +290,9 @@ class ServiceProcess:
         log.info("%s stopped", self.spec.name)
 
 
-async def serve(spec: ServiceSpec, settings: ServiceSettings | None = None) -> None:
-    """Run a service until SIGTERM or SIGINT, then shut it down gracefully."""
+async def serve(spec: ServiceSpec, settings: ServiceSettings | None = None, role: Role = Role.ALL) -> None:
+    """Run a service (or the part of it that `role` names) until SIGTERM or SIGINT, then shut it
+    down gracefully."""
     settings = settings or spec.settings()
     telemetry.setup_telemetry(
         spec.name,
@@ -254,7 +300,7 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings | None = None) -> N
         log_level=settings.log_level,
         log_format=settings.log_format,
     )
-    process = ServiceProcess(spec, settings)
+    process = ServiceProcess(spec, settings, role)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, process.request_stop)
@@ -286,25 +332,32 @@ def run_service(spec: ServiceSpec) -> None:
     _serve_here(spec)
 
 
-def _serve_here(spec: ServiceSpec, worker: str = "") -> None:
-    """Serve in this process; `worker` ("index/count") when it is one of several."""
+def _serve_here(spec: ServiceSpec, worker: str = "", role: Role = Role.ALL) -> None:
+    """Serve in this process; `worker` ("index/count") when it is one of several serving calls."""
     if worker:
         os.environ[WORKER_ENV] = worker
     tune_garbage_collector()
-    uvloop.run(serve(spec))  # asyncpg, NATS and grpc.aio all spend less CPU per call on libuv
+    uvloop.run(serve(spec, role=role))  # asyncpg, NATS and grpc.aio all spend less CPU per call on libuv
 
 
 def supervise_workers(spec: ServiceSpec, workers: int) -> int:
-    """Start the workers (fresh interpreters: gRPC must not be forked), pass SIGTERM/SIGINT on to
-    them, and return once all have exited: 0 if all stopped cleanly. A worker that dies on its own
-    stops the others too, so that the orchestrator restarts the whole set."""
+    """Start the workers serving calls and the background worker (fresh interpreters: gRPC must not
+    be forked), pass SIGTERM/SIGINT on to them, and return once all have exited: 0 if all stopped
+    cleanly. A worker that dies on its own stops the others too, so that the orchestrator restarts
+    the whole set."""
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_serve_here, args=(spec, f"{i}/{workers}"), name=f"{spec.name}-{i}")
+        context.Process(target=_serve_here, args=(spec, f"{i}/{workers}", Role.CALLS), name=f"{spec.name}-{i}")
         for i in range(workers)
     ]
+    processes.append(
+        context.Process(target=_serve_here, args=(spec, "", Role.BACKGROUND), name=f"{spec.name}-background")
+    )
     for process in processes:
         process.start()
+    background = processes[-1].pid
+    assert background is not None
+    os.setpriority(os.PRIO_PROCESS, background, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICENESS)
     stopping = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:

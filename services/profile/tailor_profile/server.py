@@ -72,8 +72,8 @@ def build(runtime: Runtime) -> Components:
             identity_merges_subscription(service.merge_many),
             identity_unmerged_subscription(service.separate),
         ],
-        listeners=[wake_resolver],
         background=[resolve_pending, time_change_announcer(service, settings.profile_time_sweep_s)],
+        background_listeners=[wake_resolver],
     )
 
 

@@ -6,6 +6,10 @@ only if the change committed. A relay task publishes committed rows to JetStream
 and delete), then deletes them. A commit wakes the relay at once; a poll catches anything else
 (other replicas, a restart). A batch of rows is published at once and deleted only once the stream
 acknowledged every message (bus/publisher.py).
+
+When a service runs several workers, the relay runs in the background worker only (service.py): the
+workers that serve calls pass their commits on with `forward_commits`, a message on a core NATS
+subject (outside every stream) that wakes the relay as their own commit would.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import datetime
 import asyncpg
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +38,11 @@ from tailor_platform.db import Database, driver_connection
 log = logging.getLogger(__name__)
 
 _PENDING_KEY = "tailor_outbox_pending"
+
+
+def committed_subject(source: str) -> str:
+    """Where the workers of `source` that do not relay announce their outbox commits."""
+    return f"tailor.internal.outbox.{source}.committed"
 
 
 class Outbox:
@@ -91,16 +101,32 @@ class Outbox:
             self._wake.set()
 
     async def run(self, nc: NATS) -> None:
-        """Relay until stopped; publishing failures are retried on the next round."""
+        """Relay until stopped; publishing failures are retried on the next round. Other processes'
+        commits (`forward_commits`) wake it too; what they committed before it listened is relayed
+        at once."""
+        await nc.subscribe(committed_subject(self.source), cb=self._on_committed_elsewhere)
         while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
             self._wake.clear()
             try:
                 await self.flush(nc)
             except Exception:
                 log.exception("outbox relay failed; retrying")
                 await asyncio.sleep(self.poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+
+    async def _on_committed_elsewhere(self, _message: Msg) -> None:
+        self._wake.set()
+
+    async def forward_commits(self, nc: NATS) -> None:
+        """Instead of relaying: until stopped, tell the relaying process when this one committed
+        outbox rows (the commits of a moment coalesce into one message)."""
+        subject = committed_subject(self.source)
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._stopping:
+                await nc.publish(subject, b"")
 
     async def flush(self, nc: NATS) -> int:
         """Publish everything committed so far; returns how many were published."""

@@ -122,6 +122,33 @@ async def test_relay_publishes_in_commit_order_with_msg_id(db: Database, nc: NAT
     assert [e.id for e in received] == [e.id for e in written]
 
 
+async def test_a_process_that_does_not_relay_wakes_the_relay_of_another_with_each_commit(
+    db: Database, nc: NATS
+) -> None:
+    """A worker serving calls (`forward_commits`) and the background worker relaying (`run`) are two
+    processes: two Database objects, so a commit in one never wakes the other's relay directly.
+    With the relay polling once a minute, only the forwarded commit can get the event out at once."""
+    event_type, subject = unique_subject()
+    source = f"bustest{uuid.uuid4().hex[:6]}"
+    relaying = Outbox(db, source, poll_interval_s=60)
+    serving_db = Database(str(db.engine.url.render_as_string(False)))
+    serving = Outbox(serving_db, source, poll_interval_s=60)
+    relay = asyncio.create_task(relaying.run(nc))
+    forwarder = asyncio.create_task(serving.forward_commits(nc))
+    try:
+        for number in range(2):  # each commit wakes it
+            await asyncio.sleep(0.5)  # the relay has made its first round and waits for its next poll
+            async with serving_db.transaction() as session:
+                await serving.add(session, event_type, changed(f"w{number}"), customer_id=f"w{number}")
+            received = await read_all(nc.jetstream(), subject, expected=number + 1, timeout_s=10)
+            assert sorted(e.customer_id for e in received) == [f"w{n}" for n in range(number + 1)]
+    finally:
+        relaying.stop()
+        serving.stop()
+        await asyncio.gather(relay, forwarder)
+        await serving_db.dispose()
+
+
 async def test_a_batch_the_stream_does_not_take_stays_in_the_outbox(db: Database, nc: NATS) -> None:
     """No stream captures the subject (the server answers 503 instead of an ack): the whole batch
     fails, nothing is deleted, and it goes out once the subject is captured."""

@@ -82,7 +82,8 @@ class ServiceSettings(PlatformSettings):
         le=64,
         description="Server processes sharing the gRPC port (TAILOR_<SERVICE>_WORKERS): Python runs one "
         "core per process, so a CPU-bound service uses more cores with more workers. With more than one, "
-        "one more process runs the outbox relay, consumers and background tasks at a lower CPU priority.",
+        "one more process runs the outbox relay, the consumers of other services' events and background tasks "
+        "at a lower CPU priority.",
     )
     service_database_url: str = ""
     database_read_connections: int = Field(

@@ -11,10 +11,10 @@ function that returns its servicers, subscriptions and listeners); `run_service`
   NATS, dispose the engine, flush spans.
 
 With `workers` > 1 the process supervises that many worker processes serving calls, sharing the gRPC
-port (SO_REUSEPORT: the kernel spreads incoming connections over them), and one background worker
-that runs the outbox relay, the durable consumers and the background tasks at a lower CPU priority
-(`Role`): on a machine whose cores the service shares, a call does not wait behind events being
-relayed or consumed. Workers are what replicas are to each other: the outbox relay, the durable
+port (SO_REUSEPORT: the kernel spreads incoming connections over them) and its input subscriptions,
+and one background worker that runs the outbox relay, the other durable consumers and the
+background tasks at a lower CPU priority (`Role`): on a machine whose cores the service shares, a
+call does not wait behind events being relayed or followed. Workers are what replicas are to each other: the outbox relay, the durable
 consumers and the database make that safe.
 """
 
@@ -71,9 +71,10 @@ class Role(StrEnum):
     ALL = "all"
     """The only process: serves calls and does the background work."""
     CALLS = "calls"
-    """One of several workers: serves calls; its outbox commits wake the background worker's relay."""
+    """One of several workers: serves calls and consumes the input subscriptions; its outbox commits
+    wake the background worker's relay."""
     BACKGROUND = "background"
-    """The one background worker beside them: outbox relay, durable consumers, background tasks."""
+    """The one background worker beside them: outbox relay, the other subscriptions, background tasks."""
 
 
 @dataclass
@@ -97,6 +98,10 @@ class Components:
     register: Callable[[grpc.aio.Server], None]
     service_names: list[str]
     subscriptions: list[Subscription] = field(default_factory=list)
+    """Consumed in the background: other services' facts to follow."""
+    input_subscriptions: list[Subscription] = field(default_factory=list)
+    """Consumed by every worker serving calls, at their priority: input that, like a call, the service
+    exists to take in (an adapter's events), whose throughput grows with the workers."""
     listeners: list[Listener] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     background_listeners: list[Listener] = field(default_factory=list)
@@ -134,7 +139,7 @@ class ServiceProcess:
             max_deliver=self.settings.consumer_max_deliver,
             backoff_s=tuple(self.settings.consumer_backoff_s),
         )
-        self.consumers = [Consumer(spec.name, s, self.db, policy) for s in self.components.subscriptions]
+        self.consumers = [Consumer(spec.name, s, self.db, policy) for s in self._subscriptions()]
         self._listening: dict[NatsSubscription, Listener] = {}
         self.health = health.aio.HealthServicer()
         self.nc: NATS | None = None
@@ -152,15 +157,21 @@ class ServiceProcess:
     def does_background_work(self) -> bool:
         return self.role is not Role.CALLS
 
+    def _subscriptions(self) -> list[Subscription]:
+        return [
+            *(self.components.input_subscriptions if self.serves_calls else []),
+            *(self.components.subscriptions if self.does_background_work else []),
+        ]
+
     async def start(self) -> None:
         if self.serves_calls:
             await self._start_server()
         await self._connect()
         nc = self._nats()
+        for consumer in self.consumers:
+            self._tasks.append(asyncio.create_task(consumer.run(self._jetstream()), name=consumer.durable))
         if self.does_background_work:
             self._tasks.append(asyncio.create_task(self.outbox.run(nc), name="outbox-relay"))
-            for consumer in self.consumers:
-                self._tasks.append(asyncio.create_task(consumer.run(self._jetstream()), name=consumer.durable))
             for work in self.components.background:
                 self._tasks.append(asyncio.create_task(work(), name=getattr(work, "__name__", "background")))
         else:

@@ -67,8 +67,8 @@ def build(runtime: Runtime) -> Components:
     return Components(
         register=lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(api, server),
         service_names=[profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name],
+        input_subscriptions=[ingest_subscription(service)],
         subscriptions=[
-            ingest_subscription(service),
             identity_merges_subscription(service.merge_many),
             identity_unmerged_subscription(service.separate),
         ],

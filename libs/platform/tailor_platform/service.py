@@ -14,8 +14,8 @@ With `workers` > 1 the process supervises that many worker processes serving cal
 port (SO_REUSEPORT: the kernel spreads incoming connections over them) and its input subscriptions,
 and one background worker that runs the outbox relay, the other durable consumers and the
 background tasks at a lower CPU priority (`Role`): on a machine whose cores the service shares, a
-call does not wait behind events being relayed or followed. Workers are what replicas are to each other: the outbox relay, the durable
-consumers and the database make that safe.
+call does not wait behind events being relayed or followed. Workers are what replicas are to each
+other: the outbox relay, the durable consumers and the database make that safe.
 """
 
 from __future__ import annotations

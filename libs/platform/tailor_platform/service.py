@@ -368,7 +368,8 @@ def supervise_workers(spec: ServiceSpec, workers: int) -> int:
         process.start()
     background = processes[-1].pid
     assert background is not None
-    os.setpriority(os.PRIO_PROCESS, background, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICENESS)
+    with contextlib.suppress(ProcessLookupError):  # it died at once: the wait below stops the others
+        os.setpriority(os.PRIO_PROCESS, background, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICENESS)
     stopping = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:

@@ -125,8 +125,12 @@ class Outbox:
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            if not self._stopping:
+            if self._stopping:
+                return
+            try:
                 await nc.publish(subject, b"")
+            except Exception as error:  # NATS closed or lost: the relay's poll finds the rows
+                log.warning("could not pass an outbox commit on to the relay: %s", error)
 
     async def flush(self, nc: NATS) -> int:
         """Publish everything committed so far; returns how many were published."""

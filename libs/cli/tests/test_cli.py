@@ -170,8 +170,9 @@ async def consent_changed_is_published(platform: Platform, customer_id: str) -> 
     subscription = await connection.subscribe("tailor.consent.>")
     pool = ChannelPool(platform.address("consent"), 2, interceptors=[])
     try:
+        assert await pool.spread_evenly()
         started = time.monotonic()
-        for channel in range(2):  # a call through each worker's connection
+        for channel in range(2):  # a call through each worker (round robin over the spread connections)
             await consent_pb2_grpc.ConsentServiceStub(pool.channel()).SetConsent(
                 consent_pb2.SetConsentRequest(
                     customer_id=customer_id,

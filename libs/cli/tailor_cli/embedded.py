@@ -169,12 +169,14 @@ behind."""
 class EmbeddedNats:
     """A NATS server with JetStream storing under `<data_dir>/nats`, on 4222 or the next free port."""
 
-    def __init__(self, data_dir: Path, port: int = 4222) -> None:
-        """`port` 0 takes any free port."""
+    def __init__(self, data_dir: Path, port: int = 4222, monitoring_port: int = 0) -> None:
+        """`port` 0 takes any free port; with a `monitoring_port`, the server also answers its HTTP
+        monitoring endpoints (/varz, /jsz, ...) there, on 127.0.0.1."""
         self.store_dir = (data_dir / "nats").resolve()
         self.config_file = (data_dir / "nats.conf").resolve()
         self.log_file = (data_dir / "logs" / "nats.log").resolve()
         self.preferred_port = port
+        self.monitoring_port = monitoring_port
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -200,6 +202,7 @@ class EmbeddedNats:
             str(self.port),
             "--server_name",
             "tailor-embedded",
+            *(["--http_port", str(self.monitoring_port)] if self.monitoring_port else []),
         ]
         with self.log_file.open("ab") as log_output:
             self.process = subprocess.Popen(
